@@ -1,0 +1,196 @@
+"""One typed Settings object: environment variables `KANALVAXEL_*` plus an optional TOML file.
+
+With no configuration at all, kanalväxel runs the sandbox: a SQLite file under ./var/, the development
+certificates in certs-dev/ and the local simulators. `environment = "production"` refuses all of those.
+Nested settings use `__` in environment variables: `KANALVAXEL_DATABASE__URL=postgresql+psycopg://…`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from kanalvaxel.domain.errors import ConfigurationError, ValidationError
+from kanalvaxel.domain.identity import organisation_number
+
+#: Every development certificate carries this organisation name; production refuses it.
+DEV_CERT_MARKER = "kanalvaxel DEVELOPMENT ONLY"
+DEFAULT_CONFIG_FILE = Path("kanalvaxel.toml")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SenderIdentity(_Strict):
+    """An authority the service may send as. Clients are bound to the keys they may use."""
+
+    key: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    organisation_number: str
+    name: str = Field(min_length=2, max_length=256)
+    return_address: tuple[str, ...] = ()
+    signing_certificate: Path | None = None
+    signing_key: Path | None = None
+    signing_key_password: SecretStr | None = None
+    pkcs12: Path | None = None
+
+    @field_validator("organisation_number")
+    @classmethod
+    def _orgnr(cls, v: str) -> str:
+        try:
+            return organisation_number(v)
+        except ValidationError as exc:
+            raise ValueError(exc.message) from None
+
+
+class DatabaseSettings(_Strict):
+    url: str = "sqlite:///./var/kanalvaxel.db"
+    echo: bool = False
+    #: Apply migrations on start-up (the sandbox does; production runs `kanalvaxel migrate`).
+    migrate_on_start: bool | None = None
+
+
+class WorkerSettings(_Strict):
+    threads: int = Field(default=4, ge=1, le=64)
+    poll_interval_seconds: float = Field(default=0.5, gt=0)
+    lease_seconds: int = Field(default=300, ge=5)
+    claim_batch: int = Field(default=8, ge=1, le=1000)
+    max_attempts_per_channel: int = Field(default=8, ge=1)
+    backoff_base_seconds: float = Field(default=30.0, ge=0)
+    backoff_max_seconds: float = Field(default=3600.0, ge=0)
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0)
+    #: Test-only failure points (e.g. {"after_send": 5.0}: pause there). Refused in production.
+    failpoints: dict[str, float] = Field(default_factory=dict)
+
+
+class PrintSettings(_Strict):
+    enabled: bool = True
+    spool_dir: Path = Path("var/print-spool")
+    batch_max_letters: int = Field(default=500, ge=1)
+    batch_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    batch_max_age_seconds: int = Field(default=3600, ge=0)
+
+
+class LimitSettings(_Strict):
+    max_attachments: int = Field(default=20, ge=0)
+    max_attachment_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    max_total_attachment_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    max_body_chars: int = Field(default=200_000, ge=1)
+
+
+class ApiSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KANALVAXEL_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    environment: Literal["sandbox", "production"] = "sandbox"
+    senders: tuple[SenderIdentity, ...] = ()
+    policy_file: Path | None = None
+    dev_certs_dir: Path = Path("certs-dev")
+    var_dir: Path = Path("var")
+    log_level: str = "INFO"
+    database: DatabaseSettings = DatabaseSettings()
+    worker: WorkerSettings = WorkerSettings()
+    print: PrintSettings = PrintSettings()
+    limits: LimitSettings = LimitSettings()
+    api: ApiSettings = ApiSettings()
+    #: True when nothing was configured: the loud warning at start-up says so.
+    embedded_defaults: bool = False
+
+    @property
+    def is_sandbox(self) -> bool:
+        return self.environment == "sandbox"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database.url.startswith("sqlite")
+
+    def sender(self, key: str) -> SenderIdentity | None:
+        return next((s for s in self.senders if s.key == key), None)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        keys = [s.key for s in self.senders]
+        if len(keys) != len(set(keys)):
+            raise ValueError("senders: each sender identity needs its own key")
+        if self.environment == "production":
+            if self.worker.failpoints:
+                raise ValueError("worker.failpoints are for tests and are refused in production")
+            if not self.senders:
+                raise ValueError("production needs at least one configured sender identity")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = _config_file()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+def _config_file() -> Path | None:
+    named = os.environ.get("KANALVAXEL_CONFIG")
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise ConfigurationError(f"KANALVAXEL_CONFIG names {path}, which is not a file")
+        return path
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+SANDBOX_SENDER_KEY = "sandbox"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings; fill in the sandbox sender when the sandbox has none. Raises ConfigurationError."""
+    from pydantic import ValidationError as PydanticValidationError
+
+    configured = _config_file() is not None or any(k.startswith("KANALVAXEL_") for k in os.environ)
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise ConfigurationError(f"invalid setting {where}: {first['msg']}") from None
+    if settings.is_sandbox and not settings.senders:
+        certs = settings.dev_certs_dir
+        settings = settings.model_copy(
+            update={
+                "senders": (
+                    SenderIdentity(
+                        key=SANDBOX_SENDER_KEY,
+                        organisation_number="2120000001",
+                        name="Sandlådans kommun (utveckling)",
+                        return_address=("Sandlådans kommun", "Box 1", "111 11 Sandby"),
+                        signing_certificate=certs / "sender.pem",
+                        signing_key=certs / "sender.key",
+                    ),
+                )
+            }
+        )
+    if not configured and not overrides:
+        settings = settings.model_copy(update={"embedded_defaults": True})
+    return settings
