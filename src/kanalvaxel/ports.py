@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from kanalvaxel.domain.identity import RecipientId
-from kanalvaxel.domain.model import Channel, Letter
+from kanalvaxel.domain.model import Attachment, Channel, Letter
 from kanalvaxel.domain.rules import CertificateFacts, Decision, MailboxLookup
 
 
@@ -78,7 +78,11 @@ class RecipientRegister(Protocol):
     """FaR: who has a digital mailbox and accepts which senders."""
 
     def lookup(
-        self, sender_organisation_number: str, recipients: Sequence[RecipientId], *, bypass_cache: bool = False
+        self,
+        sender_organisation_number: str,
+        recipients: Sequence[RecipientId],
+        *,
+        bypass_cache: bool = False,
     ) -> Mapping[str, MailboxLookup]:
         """Answer per recipient (keyed by the 12-digit id). Never raises for an unreachable register:
         each answer then has state UNAVAILABLE with the reason. Safe to call any number of times."""
@@ -146,3 +150,191 @@ class LetterRenderer(Protocol):
 
         Raises ValidationError when the letter lacks what print needs (name, postal address)."""
         ...
+
+
+# ------------------------------------------------------------------------------------------ persistence
+
+
+class DuplicateIdempotencyKeyError(Exception):
+    """Raised by `UnitOfWork.add_shipment` when (client, idempotency key) is taken. Not a KanalvaxelError:
+    the intake service turns it into the right answer (same shipment, or a conflict)."""
+
+
+class LeaseLostError(Exception):
+    """The work item's lease is no longer ours: another worker took it. Drop the work; record nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRecord:
+    id: str
+    name: str
+    key_id: str
+    key_hash: str
+    senders: tuple[str, ...]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(slots=True)
+class ShipmentRecord:
+    id: str
+    client_id: str
+    idempotency_key: str
+    request_hash: str
+    sender_key: str
+    recipient_id: str
+    recipient_kind: str
+    subject: str
+    confidentiality: str
+    message_type: str
+    case_reference: str | None
+    state: str
+    channel: str | None
+    channel_index: int
+    decision: dict[str, object] | None
+    result: dict[str, object] | None
+    attempts: int
+    accepted_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    at: datetime
+    type: str
+    message: str
+    state: str | None = None
+    channel: str | None = None
+    details: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    attempt_no: int
+    channel: str
+    worker: str
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str | None
+    detail: str | None
+    external_ref: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    work_item_id: int
+    shipment_id: str
+    token: str
+    claims: int  # how many times this item was claimed, this claim included
+
+
+@dataclass(frozen=True, slots=True)
+class PrintBatchRecord:
+    id: str
+    sender_key: str
+    status: str
+    opened_at: datetime
+    letter_count: int
+    total_bytes: int
+    path: str | None
+
+
+class UnitOfWork(Protocol):
+    """One transaction. Nothing is stored until `commit`; leaving the `with` block without it rolls back.
+
+    Use it for short stretches only: never keep one open while talking to the network.
+    """
+
+    def __enter__(self) -> UnitOfWork: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def commit(self) -> None: ...
+
+    # clients
+    def add_client(self, client: ClientRecord) -> None: ...
+    def client_by_key_id(self, key_id: str) -> ClientRecord | None: ...
+    def client_by_name(self, name: str) -> ClientRecord | None: ...
+    def list_clients(self) -> Sequence[ClientRecord]: ...
+    def revoke_client(self, name: str, at: datetime) -> bool: ...
+
+    # shipments
+    def add_shipment(
+        self, shipment: ShipmentRecord, letter_json: Mapping[str, object], attachments: Sequence[Attachment]
+    ) -> None:
+        """Insert the shipment and its content. Raises DuplicateIdempotencyKeyError (nothing written)."""
+        ...
+
+    def shipment_by_idempotency_key(self, client_id: str, key: str) -> ShipmentRecord | None: ...
+    def shipment(self, shipment_id: str, *, for_update: bool = False) -> ShipmentRecord | None: ...
+    def letter_content(
+        self, shipment_id: str
+    ) -> tuple[Mapping[str, object], Sequence[Attachment]] | None: ...
+    def save_shipment(self, shipment: ShipmentRecord) -> None: ...
+    def add_event(self, shipment_id: str, event: EventRecord) -> None: ...
+    def events(self, shipment_id: str) -> Sequence[EventRecord]: ...
+    def attempts(self, shipment_id: str) -> Sequence[AttemptRecord]: ...
+    def start_attempt(self, shipment_id: str, attempt: AttemptRecord) -> None: ...
+    def finish_attempt(
+        self,
+        shipment_id: str,
+        attempt_no: int,
+        finished_at: datetime,
+        outcome: str,
+        detail: str,
+        external_ref: str | None,
+    ) -> None: ...
+    def count_attempts(self, shipment_id: str, channel: str) -> int: ...
+
+    # outbox
+    def enqueue(self, shipment_id: str, not_before: datetime, now: datetime) -> None: ...
+    def claim(self, worker: str, now: datetime, lease: timedelta, limit: int) -> Sequence[Claim]:
+        """Claim up to `limit` due items (READY and due, or CLAIMED with an expired lease)."""
+        ...
+
+    def complete(self, claim: Claim, now: datetime) -> None:
+        """Mark the item DONE if the lease is still ours, else raise LeaseLostError."""
+        ...
+
+    def check_lease(self, claim: Claim) -> None:
+        """Raise LeaseLostError unless the item is still CLAIMED under this token."""
+        ...
+
+    def release(self, claim: Claim) -> None:
+        """Give an unstarted item back to the pool at once (shutdown)."""
+        ...
+
+    # print batches
+    def assign_to_print_batch(
+        self,
+        shipment_id: str,
+        sender_key: str,
+        staged: StagedLetter,
+        record: Mapping[str, object],
+        now: datetime,
+        new_batch_id: str,
+    ) -> tuple[PrintBatchRecord, int]:
+        """Put the letter in the sender's open batch (opening one, id `new_batch_id`, if none). Returns
+        the batch and the letter's sequence number in it. Idempotent per shipment."""
+        ...
+
+    def due_print_batches(
+        self, now: datetime, max_age: timedelta, max_letters: int, max_bytes: int
+    ) -> Sequence[PrintBatchRecord]:
+        """OPEN batches that are full or old enough, and CLOSING ones whose closer's lease ran out."""
+        ...
+
+    def start_closing(self, batch_id: str, now: datetime, lease: timedelta) -> bool: ...
+    def print_items(self, batch_id: str) -> Sequence[tuple[str, int, Mapping[str, object]]]:
+        """(shipment_id, sequence, record) of every letter in the batch, by sequence."""
+        ...
+
+    def finish_closing(self, batch_id: str, path: str, now: datetime) -> Sequence[str]:
+        """Mark CLOSED; return the ids of the shipments in it."""
+        ...
+
+    def print_batch(self, batch_id: str) -> PrintBatchRecord | None: ...
+
+    # health
+    def ping(self) -> None: ...

@@ -1,0 +1,418 @@
+"""The SQL unit of work: one Session, one transaction, the only place that commits."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from kanalvaxel.adapters.persistence import outbox
+from kanalvaxel.adapters.persistence.tables import (
+    ApiClient,
+    AttachmentRow,
+    AttemptRow,
+    EventRow,
+    PrintBatchRow,
+    PrintItemRow,
+    ShipmentContentRow,
+    ShipmentRow,
+    WorkItemRow,
+)
+from kanalvaxel.domain.model import Attachment
+from kanalvaxel.ports import (
+    AttemptRecord,
+    Claim,
+    ClientRecord,
+    DuplicateIdempotencyKeyError,
+    EventRecord,
+    LeaseLostError,
+    PrintBatchRecord,
+    ShipmentRecord,
+    StagedLetter,
+)
+
+_SHIPMENT_FIELDS = tuple(ShipmentRecord.__dataclass_fields__)
+
+
+def _client(row: ApiClient) -> ClientRecord:
+    return ClientRecord(
+        id=row.id,
+        name=row.name,
+        key_id=row.key_id,
+        key_hash=row.key_hash,
+        senders=tuple(row.senders),
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+def _shipment(row: ShipmentRow) -> ShipmentRecord:
+    return ShipmentRecord(**{f: getattr(row, f) for f in _SHIPMENT_FIELDS})
+
+
+def _batch(row: PrintBatchRow) -> PrintBatchRecord:
+    return PrintBatchRecord(
+        id=row.id,
+        sender_key=row.sender_key,
+        status=row.status,
+        opened_at=row.opened_at,
+        letter_count=row.letter_count,
+        total_bytes=row.total_bytes,
+        path=row.path,
+    )
+
+
+class SqlUnitOfWork:
+    def __init__(self, factory: sessionmaker[Session]) -> None:
+        self._factory = factory
+        self._session: Session | None = None
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            raise RuntimeError("unit of work used outside its with-block")
+        return self._session
+
+    def __enter__(self) -> SqlUnitOfWork:
+        self._session = self._factory()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._session is not None
+        try:
+            self._session.rollback()
+        finally:
+            self._session.close()
+            self._session = None
+
+    def commit(self) -> None:
+        self.session.commit()
+
+    # ----------------------------------------------------------------------------------------- clients
+
+    def add_client(self, client: ClientRecord) -> None:
+        self.session.add(
+            ApiClient(
+                id=client.id,
+                name=client.name,
+                key_id=client.key_id,
+                key_hash=client.key_hash,
+                senders=list(client.senders),
+                created_at=client.created_at,
+                revoked_at=client.revoked_at,
+            )
+        )
+        self.session.flush()
+
+    def client_by_key_id(self, key_id: str) -> ClientRecord | None:
+        row = self.session.scalar(select(ApiClient).where(ApiClient.key_id == key_id))
+        return None if row is None else _client(row)
+
+    def client_by_name(self, name: str) -> ClientRecord | None:
+        row = self.session.scalar(select(ApiClient).where(ApiClient.name == name))
+        return None if row is None else _client(row)
+
+    def list_clients(self) -> Sequence[ClientRecord]:
+        return [_client(r) for r in self.session.scalars(select(ApiClient).order_by(ApiClient.created_at))]
+
+    def revoke_client(self, name: str, at: datetime) -> bool:
+        res = self.session.execute(
+            update(ApiClient)
+            .where(ApiClient.name == name, ApiClient.revoked_at.is_(None))
+            .values(revoked_at=at)
+        )
+        return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    # --------------------------------------------------------------------------------------- shipments
+
+    def add_shipment(
+        self, shipment: ShipmentRecord, letter_json: Mapping[str, object], attachments: Sequence[Attachment]
+    ) -> None:
+        try:
+            with self.session.begin_nested():
+                self.session.add(ShipmentRow(**asdict(shipment)))
+                self.session.flush()
+        except IntegrityError as exc:
+            raise DuplicateIdempotencyKeyError(shipment.idempotency_key) from exc
+        self.session.add(ShipmentContentRow(shipment_id=shipment.id, letter=dict(letter_json)))
+        for pos, att in enumerate(attachments):
+            self.session.add(
+                AttachmentRow(
+                    shipment_id=shipment.id,
+                    position=pos,
+                    filename=att.filename,
+                    content_type=att.content_type,
+                    size_bytes=len(att.content),
+                    sha256=hashlib.sha256(att.content).hexdigest(),
+                    content=att.content,
+                )
+            )
+        self.session.flush()
+
+    def shipment_by_idempotency_key(self, client_id: str, key: str) -> ShipmentRecord | None:
+        row = self.session.scalar(
+            select(ShipmentRow).where(ShipmentRow.client_id == client_id, ShipmentRow.idempotency_key == key)
+        )
+        return None if row is None else _shipment(row)
+
+    def shipment(self, shipment_id: str, *, for_update: bool = False) -> ShipmentRecord | None:
+        stmt = select(ShipmentRow).where(ShipmentRow.id == shipment_id)
+        if for_update:
+            stmt = stmt.with_for_update()
+        row = self.session.scalar(stmt)
+        return None if row is None else _shipment(row)
+
+    def letter_content(self, shipment_id: str) -> tuple[Mapping[str, object], Sequence[Attachment]] | None:
+        content = self.session.get(ShipmentContentRow, shipment_id)
+        if content is None:
+            return None
+        rows = self.session.scalars(
+            select(AttachmentRow)
+            .where(AttachmentRow.shipment_id == shipment_id)
+            .order_by(AttachmentRow.position)
+        )
+        return content.letter, [Attachment(r.filename, r.content, r.content_type) for r in rows]
+
+    def save_shipment(self, shipment: ShipmentRecord) -> None:
+        values = asdict(shipment)
+        values.pop("id")
+        self.session.execute(update(ShipmentRow).where(ShipmentRow.id == shipment.id).values(**values))
+
+    def add_event(self, shipment_id: str, event: EventRecord) -> None:
+        self.session.add(
+            EventRow(
+                shipment_id=shipment_id,
+                at=event.at,
+                type=event.type,
+                state=event.state,
+                channel=event.channel,
+                message=event.message,
+                details=dict(event.details),
+            )
+        )
+
+    def events(self, shipment_id: str) -> Sequence[EventRecord]:
+        rows = self.session.scalars(
+            select(EventRow).where(EventRow.shipment_id == shipment_id).order_by(EventRow.id)
+        )
+        return [EventRecord(r.at, r.type, r.message, r.state, r.channel, r.details or {}) for r in rows]
+
+    def attempts(self, shipment_id: str) -> Sequence[AttemptRecord]:
+        rows = self.session.scalars(
+            select(AttemptRow).where(AttemptRow.shipment_id == shipment_id).order_by(AttemptRow.attempt_no)
+        )
+        return [
+            AttemptRecord(
+                r.attempt_no,
+                r.channel,
+                r.worker,
+                r.started_at,
+                r.finished_at,
+                r.outcome,
+                r.detail,
+                r.external_ref,
+            )
+            for r in rows
+        ]
+
+    def start_attempt(self, shipment_id: str, attempt: AttemptRecord) -> None:
+        self.session.add(
+            AttemptRow(
+                shipment_id=shipment_id,
+                attempt_no=attempt.attempt_no,
+                channel=attempt.channel,
+                worker=attempt.worker[:100],
+                started_at=attempt.started_at,
+            )
+        )
+        self.session.flush()
+
+    def finish_attempt(
+        self,
+        shipment_id: str,
+        attempt_no: int,
+        finished_at: datetime,
+        outcome: str,
+        detail: str,
+        external_ref: str | None,
+    ) -> None:
+        self.session.execute(
+            update(AttemptRow)
+            .where(AttemptRow.shipment_id == shipment_id, AttemptRow.attempt_no == attempt_no)
+            .values(finished_at=finished_at, outcome=outcome, detail=detail[:2000], external_ref=external_ref)
+        )
+
+    def count_attempts(self, shipment_id: str, channel: str) -> int:
+        return int(
+            self.session.scalar(
+                select(func.count())
+                .select_from(AttemptRow)
+                .where(AttemptRow.shipment_id == shipment_id, AttemptRow.channel == channel)
+            )
+            or 0
+        )
+
+    # ------------------------------------------------------------------------------------------ outbox
+
+    def enqueue(self, shipment_id: str, not_before: datetime, now: datetime) -> None:
+        self.session.add(
+            WorkItemRow(
+                shipment_id=shipment_id, status="READY", not_before=not_before, claims=0, created_at=now
+            )
+        )
+        self.session.flush()
+
+    def claim(self, worker: str, now: datetime, lease: timedelta, limit: int) -> Sequence[Claim]:
+        return outbox.claim(self.session, worker, now, lease, limit)
+
+    def _ours(self, claim: Claim) -> Any:
+        return (
+            (WorkItemRow.id == claim.work_item_id)
+            & (WorkItemRow.lease_token == claim.token)
+            & (WorkItemRow.status == "CLAIMED")
+        )
+
+    def complete(self, claim: Claim, now: datetime) -> None:
+        res = self.session.execute(
+            update(WorkItemRow)
+            .where(self._ours(claim))
+            .values(status="DONE", done_at=now, lease_expires_at=None)
+        )
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            raise LeaseLostError(str(claim.work_item_id))
+
+    def check_lease(self, claim: Claim) -> None:
+        # An UPDATE rather than a SELECT: on PostgreSQL it takes the row lock, so a claimer that comes
+        # after us waits until we commit and then sees what we wrote.
+        res = self.session.execute(
+            update(WorkItemRow).where(self._ours(claim)).values(lease_token=WorkItemRow.lease_token)
+        )
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            raise LeaseLostError(str(claim.work_item_id))
+
+    def release(self, claim: Claim) -> None:
+        self.session.execute(
+            update(WorkItemRow)
+            .where(self._ours(claim))
+            .values(status="READY", lease_token=None, lease_owner=None, lease_expires_at=None)
+        )
+
+    # ------------------------------------------------------------------------------------ print batches
+
+    def assign_to_print_batch(
+        self,
+        shipment_id: str,
+        sender_key: str,
+        staged: StagedLetter,
+        record: Mapping[str, object],
+        now: datetime,
+        new_batch_id: str,
+    ) -> tuple[PrintBatchRecord, int]:
+        existing = self.session.get(PrintItemRow, shipment_id)
+        if existing is not None:
+            batch = self.session.get(PrintBatchRow, existing.batch_id)
+            assert batch is not None
+            return _batch(batch), existing.sequence
+        for _ in range(10):
+            batch_id = self.session.scalar(
+                select(PrintBatchRow.id).where(
+                    PrintBatchRow.sender_key == sender_key, PrintBatchRow.status == "OPEN"
+                )
+            )
+            if batch_id is None:
+                outbox.insert_open_batch(self.session, new_batch_id, sender_key, now)
+                continue
+            # Taking the row lock here orders us against a closer: if it marked the batch CLOSING first,
+            # the WHERE no longer holds after the lock is ours, and we try the next open batch.
+            seq = self.session.execute(
+                update(PrintBatchRow)
+                .where(PrintBatchRow.id == batch_id, PrintBatchRow.status == "OPEN")
+                .values(
+                    letter_count=PrintBatchRow.letter_count + 1,
+                    total_bytes=PrintBatchRow.total_bytes + staged.size_bytes,
+                )
+                .returning(PrintBatchRow.letter_count)
+            ).scalar()
+            if seq is None:
+                continue
+            self.session.add(
+                PrintItemRow(
+                    shipment_id=shipment_id,
+                    batch_id=batch_id,
+                    sequence=seq,
+                    staged_name=staged.name,
+                    pages=staged.pages,
+                    size_bytes=staged.size_bytes,
+                    record=dict(record),
+                )
+            )
+            self.session.flush()
+            row = self.session.get(PrintBatchRow, batch_id)
+            assert row is not None
+            self.session.refresh(row)
+            return _batch(row), seq
+        raise RuntimeError("could not find or open a print batch after 10 tries")
+
+    def due_print_batches(
+        self, now: datetime, max_age: timedelta, max_letters: int, max_bytes: int
+    ) -> Sequence[PrintBatchRecord]:
+        rows = self.session.scalars(
+            select(PrintBatchRow).where(
+                (
+                    (PrintBatchRow.status == "OPEN")
+                    & (PrintBatchRow.letter_count > 0)
+                    & (
+                        (PrintBatchRow.letter_count >= max_letters)
+                        | (PrintBatchRow.total_bytes >= max_bytes)
+                        | (PrintBatchRow.opened_at <= now - max_age)
+                    )
+                )
+                | ((PrintBatchRow.status == "CLOSING") & (PrintBatchRow.lease_expires_at < now))
+            )
+        )
+        return [_batch(r) for r in rows]
+
+    def start_closing(self, batch_id: str, now: datetime, lease: timedelta) -> bool:
+        res = self.session.execute(
+            update(PrintBatchRow)
+            .where(
+                PrintBatchRow.id == batch_id,
+                (PrintBatchRow.status == "OPEN")
+                | ((PrintBatchRow.status == "CLOSING") & (PrintBatchRow.lease_expires_at < now)),
+            )
+            .values(status="CLOSING", closing_at=now, lease_expires_at=now + lease)
+        )
+        return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+
+    def print_items(self, batch_id: str) -> Sequence[tuple[str, int, Mapping[str, object]]]:
+        rows = self.session.scalars(
+            select(PrintItemRow).where(PrintItemRow.batch_id == batch_id).order_by(PrintItemRow.sequence)
+        )
+        return [(r.shipment_id, r.sequence, r.record) for r in rows]
+
+    def finish_closing(self, batch_id: str, path: str, now: datetime) -> Sequence[str]:
+        self.session.execute(
+            update(PrintBatchRow)
+            .where(PrintBatchRow.id == batch_id, PrintBatchRow.status == "CLOSING")
+            .values(status="CLOSED", closed_at=now, path=path, lease_expires_at=None)
+        )
+        return list(
+            self.session.scalars(select(PrintItemRow.shipment_id).where(PrintItemRow.batch_id == batch_id))
+        )
+
+    def print_batch(self, batch_id: str) -> PrintBatchRecord | None:
+        row = self.session.get(PrintBatchRow, batch_id)
+        return None if row is None else _batch(row)
+
+    def ping(self) -> None:
+        self.session.execute(text("SELECT 1"))
+
+
+def unit_of_work_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False, autoflush=False)

@@ -1,0 +1,157 @@
+"""The one composition root: settings -> real adapters -> services. Tests build the same thing."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from importlib.resources import files
+
+from sqlalchemy import Engine
+
+from kanalvaxel.adapters.clock import SystemClock
+from kanalvaxel.adapters.persistence import migrate
+from kanalvaxel.adapters.persistence.database import make_engine
+from kanalvaxel.adapters.persistence.repository import SqlUnitOfWork, unit_of_work_factory
+from kanalvaxel.adapters.print_channel import PrintChannel
+from kanalvaxel.adapters.print_file import DirectoryPrintSpool, PdfLetterRenderer
+from kanalvaxel.config import Settings
+from kanalvaxel.domain.errors import ConfigurationError, PolicyError
+from kanalvaxel.domain.model import Channel, Notice
+from kanalvaxel.domain.rules import Policy, load_policy
+from kanalvaxel.ports import ChannelAdapter, Clock, SenderInfo, UnitOfWork
+from kanalvaxel.services import UowFactory
+from kanalvaxel.services.clients import ClientService
+from kanalvaxel.services.content import ContentLimits
+from kanalvaxel.services.dispatch import Dispatcher, DispatchSettings
+from kanalvaxel.services.facts import FactsGatherer
+from kanalvaxel.services.intake import IntakeService
+from kanalvaxel.services.print_batches import BatchLimits, PrintBatchCloser
+from kanalvaxel.services.queries import ShipmentQueries
+
+log = logging.getLogger(__name__)
+
+
+def load_configured_policy(settings: Settings) -> Policy:
+    if settings.policy_file is None:
+        text = files("kanalvaxel").joinpath("default_policy.toml").read_text(encoding="utf-8")
+        source = "built-in default policy"
+    else:
+        try:
+            text = settings.policy_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigurationError(f"policy_file {settings.policy_file}: {exc.strerror}") from None
+        source = str(settings.policy_file)
+    try:
+        return load_policy(text, source=source)
+    except PolicyError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+@dataclass
+class Container:
+    settings: Settings
+    engine: Engine
+    uow: UowFactory
+    clock: Clock
+    policy: Policy
+    senders: Mapping[str, SenderInfo]
+    channels: Mapping[Channel, ChannelAdapter]
+    facts: FactsGatherer
+    intake: IntakeService
+    clients: ClientService
+    queries: ShipmentQueries
+    printing: PrintBatchCloser | None
+    dispatch_settings: DispatchSettings = field(default_factory=DispatchSettings)
+
+    def dispatcher(self, worker_name: str) -> Dispatcher:
+        return Dispatcher(
+            self.uow,
+            self.clock,
+            self.policy,
+            self.senders,
+            self.channels,
+            self.facts,
+            self.printing,
+            self.dispatch_settings,
+            worker_name,
+        )
+
+    def migrate(self) -> None:
+        migrate.upgrade(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def build(settings: Settings, *, clock: Clock | None = None) -> Container:
+    """Wire everything from settings. Raises ConfigurationError for settings that cannot work."""
+    clock = clock or SystemClock()
+    policy = load_configured_policy(settings)
+    engine = make_engine(settings.database.url, echo=settings.database.echo)
+    sessions = unit_of_work_factory(engine)
+
+    def uow() -> UnitOfWork:
+        return SqlUnitOfWork(sessions)
+
+    senders = {
+        s.key: SenderInfo(s.key, s.organisation_number, s.name, tuple(s.return_address))
+        for s in settings.senders
+    }
+    channels: dict[Channel, ChannelAdapter] = {}
+    unavailable: dict[Channel | Notice, str] = {
+        Channel.MINA_MEDDELANDEN: "Mina meddelanden är inte konfigurerat",
+        Channel.EMAIL_ENCRYPTED: "krypterad e-post är inte konfigurerad",
+        Channel.EMAIL: "e-post är inte konfigurerad",
+        Notice.SMS: "sms är inte konfigurerat",
+    }
+    printing: PrintBatchCloser | None = None
+    if settings.print.enabled:
+        spool = DirectoryPrintSpool(settings.print.spool_dir)
+        channels[Channel.PRINT] = PrintChannel(PdfLetterRenderer(), spool)
+        printing = PrintBatchCloser(
+            uow,
+            clock,
+            spool,
+            BatchLimits(
+                max_letters=settings.print.batch_max_letters,
+                max_bytes=settings.print.batch_max_bytes,
+                max_age=timedelta(seconds=settings.print.batch_max_age_seconds),
+            ),
+        )
+    else:
+        unavailable[Channel.PRINT] = "utskrift är avstängd"
+    facts = FactsGatherer(register=None, certificates=None, unavailable=unavailable)
+    w = settings.worker
+    limits = settings.limits
+    return Container(
+        settings=settings,
+        engine=engine,
+        uow=uow,
+        clock=clock,
+        policy=policy,
+        senders=senders,
+        channels=channels,
+        facts=facts,
+        intake=IntakeService(
+            uow,
+            clock,
+            ContentLimits(
+                limits.max_attachments,
+                limits.max_attachment_bytes,
+                limits.max_total_attachment_bytes,
+                limits.max_body_chars,
+            ),
+            senders,
+        ),
+        clients=ClientService(uow, clock, senders.keys()),
+        queries=ShipmentQueries(uow, clock, policy, senders, facts),
+        printing=printing,
+        dispatch_settings=DispatchSettings(
+            max_attempts_per_channel=w.max_attempts_per_channel,
+            backoff_base=timedelta(seconds=w.backoff_base_seconds),
+            backoff_max=timedelta(seconds=w.backoff_max_seconds),
+            failpoints=dict(w.failpoints),
+        ),
+    )

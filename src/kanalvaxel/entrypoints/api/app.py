@@ -1,0 +1,88 @@
+"""The FastAPI app factory."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+
+from kanalvaxel import __version__
+from kanalvaxel.bootstrap import Container
+from kanalvaxel.entrypoints.api import errors
+from kanalvaxel.entrypoints.api.routes import health, recipients, shipments
+
+access_log = logging.getLogger("kanalvaxel.access")
+_IDENTITY = re.compile(r"(?<!\d)(\d{6}|\d{8})[-+]?(\d{4})(?!\d)")
+
+
+def mask_identity_numbers(text: str) -> str:
+    """Personal identity numbers never reach the logs at info level: keep the birth date only."""
+    return _IDENTITY.sub(lambda m: f"{m[1]}-****", text)
+
+
+def create_app(
+    container: Container,
+    *,
+    on_startup: Callable[[], None] | None = None,
+    on_shutdown: Callable[[], None] | None = None,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if on_startup:
+            on_startup()
+        try:
+            yield
+        finally:
+            if on_shutdown:
+                on_shutdown()
+
+    app = FastAPI(
+        title="kanalväxel",
+        version=__version__,
+        description=(
+            "Send letters to people and companies through Mina meddelanden, encrypted e-mail or print. "
+            "Every `/v1` call needs an API key (`Authorization: Bearer …`). Errors are "
+            "`application/problem+json` (RFC 9457) and name the field at fault."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.container = container
+    errors.install(app)
+    max_body = int(container.settings.limits.max_total_attachment_bytes * 1.4) + 1024 * 1024
+
+    @app.middleware("http")
+    async def guard_and_log(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body:
+            return errors.problem(
+                413,
+                "too-large",
+                "Request too large",
+                f"the request body is {length} bytes; the limit is {max_body}",
+            )
+        started = time.perf_counter()
+        response = await call_next(request)
+        access_log.info(
+            "%s %s %d %.1f ms",
+            request.method,
+            mask_identity_numbers(request.url.path),
+            response.status_code,
+            (time.perf_counter() - started) * 1000,
+        )
+        return response
+
+    app.include_router(shipments.router)
+    app.include_router(recipients.router)
+    app.include_router(health.router)
+    return app
+
+
+def openapi_document(app: FastAPI) -> dict[str, Any]:
+    return app.openapi()

@@ -1,0 +1,122 @@
+"""One error, one HTTP status, one renderer: application/problem+json (RFC 9457)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from kanalvaxel.domain.errors import (
+    ConflictError,
+    ForbiddenError,
+    KanalvaxelError,
+    NotFoundError,
+    ValidationError,
+)
+from kanalvaxel.entrypoints.api.schemas import Problem
+
+log = logging.getLogger(__name__)
+PROBLEM = "application/problem+json"
+
+
+class AuthError(KanalvaxelError):
+    """No API key, or one we do not know (or that is revoked)."""
+
+
+class BadRequestError(KanalvaxelError):
+    def __init__(self, field: str | None, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+class PayloadTooLargeError(KanalvaxelError):
+    pass
+
+
+_STATUS: list[tuple[type[Exception], int, str, str]] = [
+    (AuthError, 401, "unauthorized", "Authentication required"),
+    (ForbiddenError, 403, "forbidden", "Not allowed"),
+    (NotFoundError, 404, "not-found", "Not found"),
+    (ConflictError, 409, "conflict", "Conflict"),
+    (PayloadTooLargeError, 413, "too-large", "Request too large"),
+    (BadRequestError, 400, "bad-request", "Bad request"),
+    (ValidationError, 422, "validation", "Invalid request"),
+]
+
+
+def problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> JSONResponse:
+    body = Problem(type=f"urn:kanalvaxel:problem:{slug}", title=title, status=status, detail=detail, **extra)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(
+        body.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM, headers=headers
+    )
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out or "body"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(KanalvaxelError)
+    async def _ours(_request: Request, exc: KanalvaxelError) -> JSONResponse:
+        for kind, status, slug, title in _STATUS:
+            if isinstance(exc, kind):
+                field = getattr(exc, "field", None)
+                detail = getattr(exc, "message", None) or str(exc)
+                detail = f"{field}: {detail}" if field and not detail.startswith(f"{field}:") else detail
+                return problem(status, slug, title, detail, field=field)
+        log.error("unmapped error: %r", exc)
+        return problem(500, "internal", "Internal error", "an internal error occurred")
+
+    @app.exception_handler(RequestValidationError)
+    async def _payload(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"field": _loc(tuple(e["loc"])), "message": str(e["msg"])} for e in exc.errors()]
+        first = exc.errors()[0] if exc.errors() else {"type": "", "loc": ()}
+        if first.get("type") == "json_invalid":
+            return problem(
+                400, "malformed-json", "Malformed JSON", "the request body is not valid JSON", field="body"
+            )
+        if first.get("type") == "missing" and tuple(first.get("loc", ()))[:1] == ("header",):
+            name = _loc(tuple(first["loc"])[1:])
+            return problem(
+                400, "missing-header", "Missing header", f"the {name} header is required", field=name
+            )
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        return problem(
+            422,
+            "validation",
+            "Invalid request",
+            summary,
+            field=errors[0]["field"] if errors else None,
+            errors=errors,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, "http", str(exc.detail), str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return problem(500, "internal", "Internal error", "an internal error occurred")
+
+
+#: Declared on routes so the OpenAPI file documents every error answer.
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {
+        s: {
+            "model": Problem,
+            "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            "description": next((t for _k, st, _s, t in _STATUS if st == s), "Error"),
+        }
+        for s in statuses
+    }

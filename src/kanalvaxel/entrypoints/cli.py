@@ -1,0 +1,337 @@
+"""The `kanalvaxel` command. Errors print one line and exit non-zero."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import signal
+import sys
+import threading
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from kanalvaxel.bootstrap import Container, build
+from kanalvaxel.config import Settings, load_settings
+from kanalvaxel.domain.errors import KanalvaxelError
+from kanalvaxel.entrypoints.api.app import mask_identity_numbers
+
+log = logging.getLogger("kanalvaxel")
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="kanalväxel: the channel switch.")
+clients_app = typer.Typer(no_args_is_help=True, help="API clients (case systems) and their keys.")
+app.add_typer(clients_app, name="clients")
+
+SANDBOX_CLIENT = "sandbox"
+
+
+class _MaskingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.INFO and record.args:
+            record.msg = mask_identity_numbers(record.getMessage())
+            record.args = None
+        elif record.levelno >= logging.INFO:
+            record.msg = mask_identity_numbers(str(record.msg))
+        return True
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_MaskingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _settings() -> Settings:
+    settings = load_settings()
+    setup_logging(settings.log_level)
+    return settings
+
+
+def _warn_defaults(settings: Settings) -> None:
+    if settings.is_sandbox:
+        banner = "!" * 78
+        log.warning(banner)
+        log.warning(
+            "SANDBOX: %s — SQLite at %s, development certificates from %s, simulators only. "
+            "Never use this for real letters.",
+            "running on EMBEDDED DEFAULTS (no configuration found)"
+            if settings.embedded_defaults
+            else "sandbox",
+            settings.database.url,
+            settings.dev_certs_dir,
+        )
+        log.warning(banner)
+
+
+def _prepare(settings: Settings) -> Container:
+    if settings.is_sandbox:
+        from kanalvaxel.devcerts import ensure_dev_certs
+
+        ensure_dev_certs(settings.dev_certs_dir)
+    container = build(settings)
+    migrate_on_start = settings.database.migrate_on_start
+    if migrate_on_start or (migrate_on_start is None and settings.is_sandbox):
+        container.migrate()
+    return container
+
+
+def _sandbox_key(container: Container) -> str:
+    """The sandbox's development API key, kept in var/ (never in the repo)."""
+    path = container.settings.var_dir / "dev-api-key"
+    if path.is_file():
+        key = path.read_text().strip()
+        if container.clients.authenticate(key) is not None:
+            return key
+    with contextlib.suppress(KanalvaxelError):
+        container.clients.revoke(SANDBOX_CLIENT)
+    names = {c.name for c in container.clients.list()}
+    name = SANDBOX_CLIENT if SANDBOX_CLIENT not in names else f"{SANDBOX_CLIENT}-{uuid.uuid4().hex[:6]}"
+    new = container.clients.add(name, list(container.senders))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new.api_key + "\n")
+    path.chmod(0o600)
+    return new.api_key
+
+
+def _example(url: str, key: str) -> str:
+    body = {
+        "recipient": {
+            "id": "19121212-1212",
+            "name": "Tolvan Tolvansson",
+            "postal_address": {"lines": ["Storgatan 1"], "postal_code": "123 45", "city": "Småstad"},
+        },
+        "subject": "Beslut om bygglov",
+        "body": {"content_type": "text/plain", "content": "Hej! Här kommer beslutet."},
+        "confidentiality": "public",
+        "message_type": "beslut",
+        "case_reference": "BN 2026/42",
+        "support_info": {"text": "Frågor? Ring kommunens kontaktcenter.", "phone": "010-000 00 00"},
+    }
+    return (
+        f"curl -sS -X POST {url}/v1/shipments \\\n"
+        f"  -H 'Authorization: Bearer {key}' \\\n"
+        f"  -H 'Idempotency-Key: example-1' -H 'Content-Type: application/json' \\\n"
+        f"  -d '{json.dumps(body, ensure_ascii=False)}'\n"
+        f"curl -sS -H 'Authorization: Bearer {key}' {url}/v1/shipments/<id>"
+    )
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Listen address (default from settings).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default from settings).")] = None,
+    embedded_worker: Annotated[bool, typer.Option(help="Run a worker in the same process.")] = True,
+) -> None:
+    """Run the REST API (and, by default, an embedded worker)."""
+    import uvicorn
+
+    from kanalvaxel.entrypoints.api.app import create_app
+    from kanalvaxel.entrypoints.worker import Worker
+
+    settings = _settings()
+    _warn_defaults(settings)
+    container = _prepare(settings)
+    worker = Worker(container) if embedded_worker else None
+    app_ = create_app(
+        container,
+        on_startup=worker.start if worker else None,
+        on_shutdown=worker.stop if worker else None,
+    )
+    h = host or settings.api.host
+    p = port if port is not None else settings.api.port
+    url = settings.api.public_url or f"http://{h}:{p}"
+    if settings.is_sandbox:
+        key = _sandbox_key(container)
+        print(f"\nkanalväxel sandbox is starting at {url}  (OpenAPI: {url}/docs)\n", flush=True)
+        print("Try it:\n" + _example(url, key) + "\n", flush=True)
+    uvicorn.run(app_, host=h, port=p, access_log=False, log_config=None)
+    container.close()
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker only (to scale out beside `serve --no-embedded-worker`)."""
+    from kanalvaxel.entrypoints.worker import Worker
+
+    settings = _settings()
+    _warn_defaults(settings)
+    container = _prepare(settings)
+    w = Worker(container)
+    done = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping", signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    w.start()
+    print(f"worker {w.name} running", flush=True)
+    done.wait()
+    w.stop()
+    container.close()
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations (production runs this before starting)."""
+    settings = _settings()
+    container = build(settings)
+    container.migrate()
+    print("database is at the latest schema")
+
+
+@clients_app.command("add")
+def clients_add(
+    name: str,
+    sender: Annotated[list[str], typer.Option("--sender", help="A sender identity key; repeat for more.")],
+) -> None:
+    """Create a client; its API key is printed once and never again."""
+    container = _prepare(_settings())
+    new = container.clients.add(name, sender)
+    print(f"client {new.client.name} may send as {', '.join(new.client.senders)}")
+    print(f"API key (shown once, store it now): {new.api_key}")
+
+
+@clients_app.command("list")
+def clients_list() -> None:
+    """List clients (never their keys)."""
+    container = _prepare(_settings())
+    for c in container.clients.list():
+        state = f"revoked {c.revoked_at:%Y-%m-%d}" if c.revoked_at else "active"
+        print(f"{c.name}\t{state}\tsenders={','.join(c.senders)}\tkey=kvx_{c.key_id}_…")
+
+
+@clients_app.command("revoke")
+def clients_revoke(name: str) -> None:
+    """Revoke a client's key at once."""
+    container = _prepare(_settings())
+    container.clients.revoke(name)
+    print(f"client {name} revoked")
+
+
+@app.command()
+def send(
+    to: Annotated[str, typer.Option(help="Personnummer, samordningsnummer or organisationsnummer.")],
+    subject: Annotated[str, typer.Option()],
+    body_file: Annotated[Path | None, typer.Option(help="A text (or .html) file with the body.")] = None,
+    attach: Annotated[list[Path] | None, typer.Option(help="A PDF to attach; repeat for more.")] = None,
+    name: Annotated[str | None, typer.Option(help="Recipient name (needed for print).")] = None,
+    address: Annotated[list[str] | None, typer.Option(help="A street line; repeat for more.")] = None,
+    postal_code: Annotated[str | None, typer.Option()] = None,
+    city: Annotated[str | None, typer.Option()] = None,
+    email: Annotated[str | None, typer.Option()] = None,
+    confidentiality: Annotated[str, typer.Option(help="public, internal or confidential.")] = "public",
+    message_type: Annotated[str, typer.Option()] = "meddelande",
+    case_reference: Annotated[str | None, typer.Option()] = None,
+    support_text: Annotated[str, typer.Option()] = "Kontakta avsändaren om du har frågor.",
+    sender: Annotated[str | None, typer.Option(help="Sender identity key.")] = None,
+    url: Annotated[str, typer.Option(help="The running service.")] = "http://127.0.0.1:8080",
+    api_key: Annotated[
+        str | None, typer.Option(envvar="KANALVAXEL_API_KEY", help="Default: var/dev-api-key.")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until the letter reaches a final state.")] = False,
+) -> None:
+    """Send one letter from files through a running service's API, as a case system would."""
+    import time
+
+    import httpx
+
+    key = api_key
+    if key is None:
+        key_file = Path("var/dev-api-key")
+        if not key_file.is_file():
+            raise KanalvaxelError(
+                "no API key: pass --api-key or start the sandbox once (it writes var/dev-api-key)"
+            )
+        key = key_file.read_text().strip()
+    content = body_file.read_text(encoding="utf-8") if body_file else ""
+    payload: dict[str, Any] = {
+        "recipient": {"id": to},
+        "subject": subject,
+        "body": {
+            "content_type": "text/html"
+            if body_file and body_file.suffix in (".html", ".htm")
+            else "text/plain",
+            "content": content,
+        },
+        "attachments": [
+            {"filename": p.name, "content_base64": base64.b64encode(p.read_bytes()).decode()}
+            for p in attach or []
+        ],
+        "confidentiality": confidentiality,
+        "message_type": message_type,
+        "support_info": {"text": support_text},
+    }
+    for k, v in (("name", name), ("email", email)):
+        if v:
+            payload["recipient"][k] = v
+    if address or postal_code or city:
+        payload["recipient"]["postal_address"] = {
+            "lines": address or [],
+            "postal_code": postal_code or "",
+            "city": city or "",
+        }
+    if case_reference:
+        payload["case_reference"] = case_reference
+    if sender:
+        payload["sender"] = sender
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": str(uuid.uuid4())}
+    try:
+        with httpx.Client(base_url=url, timeout=60, trust_env=False) as http:
+            r = http.post("/v1/shipments", json=payload, headers=headers)
+            if r.status_code >= 400:
+                detail = (
+                    r.json().get("detail", r.text)
+                    if r.headers.get("content-type", "").endswith("json")
+                    else r.text
+                )
+                raise KanalvaxelError(f"the service refused the letter ({r.status_code}): {detail}")
+            accepted = r.json()
+            print(f"accepted: {accepted['id']} ({accepted['state']})")
+            state = accepted["state"]
+            while wait and state not in ("DELIVERED", "FAILED"):
+                time.sleep(1)
+                state = http.get(accepted["status_url"], headers=headers).json()["state"]
+                print(f"state: {state}")
+    except httpx.HTTPError as exc:
+        raise KanalvaxelError(f"could not reach {url}: {exc}") from None
+
+
+@app.command("dev-certs")
+def dev_certs(force: Annotated[bool, typer.Option(help="Make new ones even if present.")] = False) -> None:
+    """Make the development certificates in certs-dev/ (never for production)."""
+    from kanalvaxel.devcerts import ensure_dev_certs
+
+    settings = load_settings()
+    written = ensure_dev_certs(settings.dev_certs_dir, force=force)
+    print(f"{len(written)} file(s) written to {settings.dev_certs_dir}")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except KanalvaxelError as exc:
+        print(f"kanalvaxel: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,425 @@
+"""Work one outbox item: decide (once), try the current channel, record the outcome, retry or fall back.
+
+Transactions are short and never span network calls. Every write that follows a send first checks that
+the lease is still ours; if not, nothing is recorded and the new holder does the work again — which is
+why every channel's `send` is idempotent per shipment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from kanalvaxel.domain.model import Channel, EventType, Letter, ShipmentState, check_transition
+from kanalvaxel.domain.rules import CHANNEL_NAMES_SV, Decision, MailboxLookup, Policy, decide
+from kanalvaxel.ports import (
+    AttemptRecord,
+    ChannelAdapter,
+    Claim,
+    Clock,
+    DeliveryJob,
+    DeliveryOutcome,
+    EventRecord,
+    LeaseLostError,
+    OutcomeKind,
+    PrintBatchRecord,
+    SenderInfo,
+    ShipmentRecord,
+    StagedLetter,
+    UnitOfWork,
+)
+from kanalvaxel.services import UowFactory
+from kanalvaxel.services.codec import decision_from_json, decision_to_json, letter_from_json
+from kanalvaxel.services.facts import FactsGatherer
+from kanalvaxel.services.print_batches import PrintBatchCloser
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchSettings:
+    max_attempts_per_channel: int = 8
+    backoff_base: timedelta = timedelta(seconds=30)
+    backoff_max: timedelta = timedelta(hours=1)
+    #: A work item claimed this many times without an outcome crashed its workers: give up on it.
+    max_claims: int = 6
+    failpoints: Mapping[str, float] = field(default_factory=dict)
+
+
+def backoff(attempts: int, base: timedelta, cap: timedelta, salt: str) -> timedelta:
+    """Exponential backoff from the stored attempt count, with a stable ±10 % spread per shipment."""
+    raw = base.total_seconds() * (2 ** max(0, attempts - 1))
+    spread = (int(hashlib.sha256(f"{salt}:{attempts}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF - 0.5) / 5
+    return timedelta(seconds=min(cap.total_seconds(), raw * (1 + spread)))
+
+
+def _name(channel: Channel | str) -> str:
+    return CHANNEL_NAMES_SV[Channel(channel)]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        uow: UowFactory,
+        clock: Clock,
+        policy: Policy,
+        senders: Mapping[str, SenderInfo],
+        channels: Mapping[Channel, ChannelAdapter],
+        facts: FactsGatherer,
+        printing: PrintBatchCloser | None,
+        settings: DispatchSettings,
+        worker_name: str,
+    ) -> None:
+        self._uow = uow
+        self._clock = clock
+        self._policy = policy
+        self._senders = senders
+        self._channels = channels
+        self._facts = facts
+        self._printing = printing
+        self._settings = settings
+        self._worker = worker_name
+
+    # ----------------------------------------------------------------------------------------- driver
+
+    def process(self, claim: Claim) -> None:
+        """Work one claimed item to its next resting point. Never raises for delivery problems."""
+        try:
+            self._process(claim)
+        except LeaseLostError:
+            log.warning("lease on work item %s lost; another worker has it", claim.work_item_id)
+
+    def _failpoint(self, name: str) -> None:
+        pause = self._settings.failpoints.get(name)
+        if pause:
+            log.warning("failpoint %s: pausing %.1f s", name, pause)
+            time.sleep(pause)
+
+    def _process(self, claim: Claim) -> None:
+        with self._uow() as uow:
+            shp = uow.shipment(claim.shipment_id)
+            content = uow.letter_content(claim.shipment_id)
+        if shp is None or ShipmentState(shp.state).terminal or content is None:
+            with self._uow() as uow:
+                uow.complete(claim, self._clock.now())
+                uow.commit()
+            return
+        if claim.claims > self._settings.max_claims:
+            self._give_up(claim, shp, "Arbetet avbröts upprepade gånger (arbetsprocessen kraschade).")
+            return
+        letter = letter_from_json(content[0], content[1])
+        sender = self._senders.get(shp.sender_key)
+        if sender is None:
+            self._give_up(
+                claim, shp, f"Avsändaridentiteten {shp.sender_key!r} finns inte längre i inställningarna."
+            )
+            return
+
+        mailbox: MailboxLookup | None
+        if shp.decision is None or shp.decision.get("retry_at"):
+            decision, mailbox = self._decide(claim, shp, letter, sender)
+            if decision is None:
+                return
+        else:
+            decision, mailbox = decision_from_json(shp.decision)
+
+        channels = decision.channels
+        channel = channels[shp.channel_index]
+        adapter = self._channels.get(channel)
+        now = self._clock.now()
+        attempt_no = shp.attempts + 1
+        with self._uow() as uow:
+            uow.check_lease(claim)
+            uow.start_attempt(
+                shp.id, AttemptRecord(attempt_no, channel.value, self._worker, now, None, None, None, None)
+            )
+            self._move(uow, shp, ShipmentState.SENDING)
+            shp.attempts = attempt_no
+            shp.channel = channel.value
+            shp.updated_at = now
+            uow.save_shipment(shp)
+            uow.add_event(
+                shp.id,
+                EventRecord(
+                    now,
+                    EventType.ATTEMPT.value,
+                    f"Försök {attempt_no}: {_name(channel)}.",
+                    shp.state,
+                    channel.value,
+                    {"attempt": attempt_no},
+                ),
+            )
+            uow.commit()
+
+        self._failpoint("before_send")
+        if adapter is None:
+            outcome = DeliveryOutcome(OutcomeKind.FAILED, "Kanalen är inte konfigurerad här.")
+        else:
+            job = DeliveryJob(shp.id, attempt_no, channel, letter, sender, decision, mailbox)
+            try:
+                outcome = adapter.send(job)
+            except Exception as exc:  # an adapter bug must not lose the letter: count it as a failed try
+                log.exception("channel %s raised for shipment %s", channel, shp.id)
+                outcome = DeliveryOutcome(OutcomeKind.RETRY, f"Internt fel i kanalen: {type(exc).__name__}")
+        self._failpoint("after_send")
+        self._record(claim, shp, letter, sender, decision, channel, attempt_no, outcome)
+
+    # --------------------------------------------------------------------------------------- deciding
+
+    def _decide(
+        self, claim: Claim, shp: ShipmentRecord, letter: Letter, sender: SenderInfo
+    ) -> tuple[Decision | None, MailboxLookup | None]:
+        facts = self._facts.gather(letter, sender, shp.accepted_at)
+        now = self._clock.now()
+        decision = decide(letter, facts, self._policy, now)
+        with self._uow() as uow:
+            uow.check_lease(claim)
+            shp.decision = decision_to_json(decision, facts.mailbox)
+            shp.channel_index = 0
+            shp.updated_at = now
+            details: dict[str, object] = {
+                "rule": decision.rule,
+                "channels": [c.value for c in decision.channels],
+            }
+            if decision.retry_at is not None:
+                self._move(uow, shp, ShipmentState.RETRY_WAIT)
+                uow.save_shipment(shp)
+                uow.add_event(
+                    shp.id,
+                    EventRecord(
+                        now,
+                        EventType.DECIDED.value,
+                        f"{decision.summary()} Nytt försök {decision.retry_at:%Y-%m-%d %H:%M} UTC.",
+                        shp.state,
+                        None,
+                        {**details, "retry_at": decision.retry_at.isoformat()},
+                    ),
+                )
+                uow.complete(claim, now)
+                uow.enqueue(shp.id, decision.retry_at, now)
+                uow.commit()
+                return None, None
+            if not decision.channels:
+                message = f"{decision.summary()} Ingen kanal är möjlig för denna försändelse."
+                self._finish_failed(uow, shp, now, message, details)
+                uow.complete(claim, now)
+                uow.commit()
+                return None, None
+            self._move(uow, shp, ShipmentState.SENDING)
+            uow.save_shipment(shp)
+            uow.add_event(
+                shp.id,
+                EventRecord(now, EventType.DECIDED.value, decision.summary(), shp.state, None, details),
+            )
+            uow.commit()
+        return decision, facts.mailbox
+
+    # -------------------------------------------------------------------------------------- recording
+
+    def _record(
+        self,
+        claim: Claim,
+        shp: ShipmentRecord,
+        letter: Letter,
+        sender: SenderInfo,
+        decision: Decision,
+        channel: Channel,
+        attempt_no: int,
+        outcome: DeliveryOutcome,
+    ) -> None:
+        now = self._clock.now()
+        close_batch: str | None = None
+        with self._uow() as uow:
+            uow.complete(claim, now)  # raises LeaseLostError: then nothing below is written
+            uow.finish_attempt(
+                shp.id, attempt_no, now, outcome.kind.value, outcome.detail, outcome.external_ref
+            )
+            shp.updated_at = now
+            details: dict[str, object] = {"attempt": attempt_no, **outcome.data}
+            if outcome.external_ref:
+                details["external_ref"] = outcome.external_ref
+            kind = outcome.kind
+            if kind is OutcomeKind.RETRY:
+                n = uow.count_attempts(shp.id, channel.value)
+                if n >= self._settings.max_attempts_per_channel:
+                    kind = OutcomeKind.FAILED
+                    outcome = DeliveryOutcome(
+                        OutcomeKind.FAILED,
+                        f"{outcome.detail} (gav upp efter {n} försök)",
+                        outcome.external_ref,
+                    )
+                else:
+                    wait = outcome.retry_after or backoff(
+                        n, self._settings.backoff_base, self._settings.backoff_max, shp.id
+                    )
+                    at = now + wait
+                    self._move(uow, shp, ShipmentState.RETRY_WAIT)
+                    uow.save_shipment(shp)
+                    uow.add_event(
+                        shp.id,
+                        EventRecord(
+                            now,
+                            EventType.ATTEMPT.value,
+                            f"{_name(channel)}: {outcome.detail}. Nytt försök {at:%Y-%m-%d %H:%M:%S} UTC.",
+                            shp.state,
+                            channel.value,
+                            {**details, "retry_at": at.isoformat()},
+                        ),
+                    )
+                    uow.enqueue(shp.id, at, now)
+            if kind is OutcomeKind.DELIVERED:
+                self._move(uow, shp, ShipmentState.DELIVERED)
+                shp.finished_at = now
+                shp.result = {"channel": channel.value, **outcome.data}
+                uow.save_shipment(shp)
+                uow.add_event(
+                    shp.id,
+                    EventRecord(
+                        now,
+                        EventType.DELIVERED.value,
+                        f"Levererad: {_name(channel)}. {outcome.detail}",
+                        shp.state,
+                        channel.value,
+                        details,
+                    ),
+                )
+            elif kind is OutcomeKind.HANDED_OVER:
+                message = f"Överlämnad: {_name(channel)}. {outcome.detail}"
+                if channel is Channel.PRINT:
+                    batch, seq = self._assign_print(uow, shp, letter, sender, outcome, now)
+                    shp.result = {"channel": channel.value, "print_batch": batch.id, "sequence": seq}
+                    details.update(print_batch=batch.id, sequence=seq)
+                    message = (
+                        f"Lagd i tryckfil {batch.id} som brev nummer {seq}; skickas när tryckfilen stängs."
+                    )
+                    if self._printing is not None and self._printing.is_full(batch):
+                        close_batch = batch.id
+                else:
+                    shp.result = {"channel": channel.value, **outcome.data}
+                self._move(uow, shp, ShipmentState.HANDED_OVER)
+                uow.save_shipment(shp)
+                uow.add_event(
+                    shp.id,
+                    EventRecord(now, EventType.HANDED_OVER.value, message, shp.state, channel.value, details),
+                )
+            elif kind is OutcomeKind.FAILED:
+                self._fall_back(uow, shp, decision, channel, outcome.detail, now, details)
+            uow.commit()
+        if close_batch is not None and self._printing is not None:
+            self._printing.close(close_batch)
+
+    def _assign_print(
+        self,
+        uow: UnitOfWork,
+        shp: ShipmentRecord,
+        letter: Letter,
+        sender: SenderInfo,
+        outcome: DeliveryOutcome,
+        now: datetime,
+    ) -> tuple[PrintBatchRecord, int]:
+        info = letter.recipient_info
+        addr = info.postal_address
+        # The rule engine and the renderer both insist on these.
+        assert addr is not None
+        assert info.name
+        staged = StagedLetter(
+            name=outcome.data["staged_name"],
+            pages=int(outcome.data["pages"]),
+            size_bytes=int(outcome.data["size_bytes"]),
+        )
+        record: dict[str, object] = {
+            "shipment_id": shp.id,
+            "staged_name": staged.name,
+            "pages": staged.pages,
+            "size_bytes": staged.size_bytes,
+            "recipient_name": info.name,
+            "address_lines": list(addr.lines),
+            "postal_code": addr.postal_code,
+            "city": addr.city,
+            "country": addr.country,
+            "sender_organisation_number": sender.organisation_number,
+            "sender_name": sender.name,
+            "case_reference": letter.case_reference,
+        }
+        return uow.assign_to_print_batch(shp.id, sender.key, staged, record, now, new_batch_id(now))
+
+    def _fall_back(
+        self,
+        uow: UnitOfWork,
+        shp: ShipmentRecord,
+        decision: Decision,
+        channel: Channel,
+        detail: str,
+        now: datetime,
+        details: dict[str, object],
+    ) -> None:
+        channels = decision.channels
+        nxt = shp.channel_index + 1
+        if nxt < len(channels):
+            shp.channel_index = nxt
+            self._move(uow, shp, ShipmentState.SENDING)
+            uow.save_shipment(shp)
+            uow.add_event(
+                shp.id,
+                EventRecord(
+                    now,
+                    EventType.CHANNEL_FAILED.value,
+                    f"{_name(channel)} misslyckades: {detail}. Går vidare till {_name(channels[nxt])}.",
+                    shp.state,
+                    channel.value,
+                    {**details, "next_channel": channels[nxt].value},
+                ),
+            )
+            uow.enqueue(shp.id, now, now)
+            return
+        uow.add_event(
+            shp.id,
+            EventRecord(
+                now,
+                EventType.CHANNEL_FAILED.value,
+                f"{_name(channel)} misslyckades: {detail}.",
+                shp.state,
+                channel.value,
+                details,
+            ),
+        )
+        self._finish_failed(
+            uow, shp, now, "Ingen av de möjliga kanalerna kunde leverera försändelsen.", details
+        )
+
+    # ---------------------------------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _move(uow: UnitOfWork, shp: ShipmentRecord, new: ShipmentState) -> None:
+        check_transition(ShipmentState(shp.state), new)
+        shp.state = new.value
+
+    def _finish_failed(
+        self, uow: UnitOfWork, shp: ShipmentRecord, now: datetime, message: str, details: dict[str, object]
+    ) -> None:
+        self._move(uow, shp, ShipmentState.FAILED)
+        shp.finished_at = now
+        shp.updated_at = now
+        shp.result = {"failure": message}
+        uow.save_shipment(shp)
+        uow.add_event(
+            shp.id, EventRecord(now, EventType.FAILED.value, message, shp.state, shp.channel, details)
+        )
+
+    def _give_up(self, claim: Claim, shp: ShipmentRecord, message: str) -> None:
+        now = self._clock.now()
+        with self._uow() as uow:
+            uow.complete(claim, now)
+            self._finish_failed(uow, shp, now, message, {"claims": claim.claims})
+            uow.commit()
+        log.error("shipment %s failed: %s", shp.id, message)
+
+
+def new_batch_id(now: datetime) -> str:
+    """Sortable and readable: the vendor sees it in directory names."""
+    return f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"

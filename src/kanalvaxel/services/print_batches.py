@@ -1,0 +1,115 @@
+"""Close print batches by size or age and hand them to the vendor's spool, exactly once per letter.
+
+A closer marks the batch CLOSING under a lease (so a letter can no longer join it), publishes it to the
+spool with no transaction open (publishing is idempotent), then marks it CLOSED and the letters in it
+DELIVERED. A closer that dies leaves a CLOSING batch whose lease runs out; the next closer redoes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from kanalvaxel.domain.model import Channel, EventType, ShipmentState, check_transition
+from kanalvaxel.ports import (
+    Clock,
+    EventRecord,
+    PrintBatchInfo,
+    PrintBatchRecord,
+    PrintLetterRecord,
+    PrintSpool,
+)
+from kanalvaxel.services import UowFactory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    max_letters: int
+    max_bytes: int
+    max_age: timedelta
+    closing_lease: timedelta = timedelta(minutes=10)
+
+
+class PrintBatchCloser:
+    def __init__(self, uow: UowFactory, clock: Clock, spool: PrintSpool, limits: BatchLimits) -> None:
+        self._uow = uow
+        self._clock = clock
+        self._spool = spool
+        self._limits = limits
+
+    def is_full(self, batch: PrintBatchRecord) -> bool:
+        return batch.letter_count >= self._limits.max_letters or batch.total_bytes >= self._limits.max_bytes
+
+    def close_due(self) -> list[str]:
+        """Close every batch that is full or old enough (and finish abandoned closings). Returns paths."""
+        now = self._clock.now()
+        with self._uow() as uow:
+            due = uow.due_print_batches(
+                now, self._limits.max_age, self._limits.max_letters, self._limits.max_bytes
+            )
+        paths = []
+        for batch in due:
+            path = self.close(batch.id)
+            if path is not None:
+                paths.append(path)
+        return paths
+
+    def close(self, batch_id: str) -> str | None:
+        """Close one batch now. Returns its published path, or None when another closer has it."""
+        now = self._clock.now()
+        with self._uow() as uow:
+            if not uow.start_closing(batch_id, now, self._limits.closing_lease):
+                return None
+            uow.commit()
+        with self._uow() as uow:
+            batch = uow.print_batch(batch_id)
+            items = uow.print_items(batch_id)
+        assert batch is not None
+        letters = [
+            PrintLetterRecord(
+                sequence=seq,
+                shipment_id=str(rec["shipment_id"]),
+                staged_name=str(rec["staged_name"]),
+                pages=int(str(rec["pages"])),
+                size_bytes=int(str(rec["size_bytes"])),
+                recipient_name=str(rec["recipient_name"]),
+                address_lines=tuple(str(x) for x in rec["address_lines"]),  # type: ignore[attr-defined]
+                postal_code=str(rec["postal_code"]),
+                city=str(rec["city"]),
+                country=None if rec.get("country") is None else str(rec["country"]),
+                sender_organisation_number=str(rec["sender_organisation_number"]),
+                sender_name=str(rec["sender_name"]),
+                case_reference=None if rec.get("case_reference") is None else str(rec["case_reference"]),
+            )
+            for _sid, seq, rec in items
+        ]
+        path = self._spool.publish(PrintBatchInfo(batch.id, batch.sender_key, batch.opened_at, now, letters))
+        done = self._clock.now()
+        with self._uow() as uow:
+            shipment_ids = uow.finish_closing(batch_id, path, done)
+            for sid in shipment_ids:
+                shp = uow.shipment(sid, for_update=True)
+                if shp is None or shp.state != ShipmentState.HANDED_OVER.value:
+                    continue  # already delivered by an earlier closer of this batch
+                check_transition(ShipmentState.HANDED_OVER, ShipmentState.DELIVERED)
+                shp.state = ShipmentState.DELIVERED.value
+                shp.finished_at = done
+                shp.updated_at = done
+                uow.save_shipment(shp)
+                uow.add_event(
+                    sid,
+                    EventRecord(
+                        done,
+                        EventType.DELIVERED.value,
+                        f"Tryckfil {batch.id} stängd och lämnad till tryckeriet.",
+                        shp.state,
+                        Channel.PRINT.value,
+                        {"print_batch": batch.id, "path": path},
+                    ),
+                )
+            uow.commit()
+        log.info("print batch %s closed with %d letters: %s", batch.id, len(letters), path)
+        return path

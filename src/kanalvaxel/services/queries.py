@@ -1,0 +1,57 @@
+"""Read models: a shipment as a client sees it, and the channel precheck."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from kanalvaxel.domain.errors import ForbiddenError, NotFoundError, ValidationError
+from kanalvaxel.domain.model import Letter
+from kanalvaxel.domain.rules import MailboxLookup, Policy, decide
+from kanalvaxel.ports import AttemptRecord, ClientRecord, Clock, EventRecord, SenderInfo, ShipmentRecord
+from kanalvaxel.services import UowFactory
+from kanalvaxel.services.codec import decision_to_json
+from kanalvaxel.services.facts import FactsGatherer
+
+
+@dataclass(frozen=True, slots=True)
+class ShipmentView:
+    shipment: ShipmentRecord
+    events: Sequence[EventRecord]
+    attempts: Sequence[AttemptRecord]
+
+
+class ShipmentQueries:
+    def __init__(
+        self,
+        uow: UowFactory,
+        clock: Clock,
+        policy: Policy,
+        senders: Mapping[str, SenderInfo],
+        facts: FactsGatherer,
+    ) -> None:
+        self._uow = uow
+        self._clock = clock
+        self._policy = policy
+        self._senders = senders
+        self._facts = facts
+
+    def shipment(self, client: ClientRecord, shipment_id: str) -> ShipmentView:
+        """Raises NotFoundError also for another client's shipment: we do not tell which."""
+        with self._uow() as uow:
+            shp = uow.shipment(shipment_id)
+            if shp is None or shp.client_id != client.id:
+                raise NotFoundError(f"no shipment {shipment_id}")
+            return ShipmentView(shp, uow.events(shipment_id), uow.attempts(shipment_id))
+
+    def precheck(self, client: ClientRecord, letter: Letter) -> tuple[dict[str, object], MailboxLookup]:
+        """Which channel a letter like this would take now, and why. Creates nothing."""
+        sender = self._senders.get(letter.sender)
+        if sender is None:
+            raise ValidationError("sender", f"unknown sender identity {letter.sender!r}")
+        if letter.sender not in client.senders:
+            raise ForbiddenError(f"this client may not send as {letter.sender!r}")
+        now = self._clock.now()
+        facts = self._facts.gather(letter, sender, now)
+        decision = decide(letter, facts, self._policy, now)
+        return decision_to_json(decision, facts.mailbox), facts.mailbox
