@@ -17,6 +17,7 @@ import contextlib
 import datetime as dt
 import ipaddress
 import os
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -290,13 +291,11 @@ def _write_atomically(path: Path, data: bytes, *, mode: int) -> None:
 
 @contextlib.contextmanager
 def _locked(directory: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows has no flock; concurrent first runs are rare
-        fcntl = None  # type: ignore[assignment]
-    if fcntl is None:  # pragma: no cover
+    if sys.platform == "win32":  # no flock; concurrent first runs there are the user's to avoid
         yield
         return
+    import fcntl
+
     with open(directory / ".devcerts.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -321,14 +320,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     written = ensure_dev_certs(args.dir, force=args.force)
     if written:
-        _say(f"devcerts: wrote {len(written)} files to {args.dir}/ (development only, never production)")
+        print(f"devcerts: wrote {len(written)} files to {args.dir}/ (development only, never production)")
     else:
-        _say(f"devcerts: {args.dir}/ is up to date")
+        print(f"devcerts: {args.dir}/ is up to date")
     return 0
-
-
-def _say(line: str) -> None:
-    print(line)  # noqa: T201 - command-line output
 
 
 if __name__ == "__main__":
