@@ -304,6 +304,42 @@ def send(
         raise KanalvaxelError(f"could not reach {url}: {exc}") from None
 
 
+OPENAPI_FILE = Path("openapi/openapi.json")
+
+
+def openapi_text() -> str:
+    """The API description as committed in openapi/openapi.json (stable key order, trailing newline)."""
+    from kanalvaxel.entrypoints.api.app import create_app
+
+    settings = load_settings(database={"url": "sqlite://"})
+    container = build(settings)
+    try:
+        doc = create_app(container).openapi()
+    finally:
+        container.close()
+    return json.dumps(doc, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+@app.command()
+def openapi(
+    check: Annotated[
+        bool, typer.Option(help="Fail if the committed file differs instead of writing it.")
+    ] = False,
+    output: Annotated[Path, typer.Option(help="Where the spec lives.")] = OPENAPI_FILE,
+) -> None:
+    """Write (or check) the committed OpenAPI description of the REST API."""
+    text = openapi_text()
+    if check:
+        current = output.read_text(encoding="utf-8") if output.is_file() else ""
+        if current != text:
+            raise KanalvaxelError(f"{output} is out of date: run `kanalvaxel openapi` and commit it")
+        print(f"{output} is up to date")
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")
+    print(f"wrote {output}")
+
+
 @app.command("dev-certs")
 def dev_certs(force: Annotated[bool, typer.Option(help="Make new ones even if present.")] = False) -> None:
     """Make the development certificates in certs-dev/ (never for production)."""

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
 
 from kanalvaxel import __version__
 from kanalvaxel.bootstrap import Container
@@ -81,8 +82,21 @@ def create_app(
     app.include_router(shipments.router)
     app.include_router(recipients.router)
     app.include_router(health.router)
+    app.openapi = lambda: _problem_only_openapi(app)  # type: ignore[method-assign]
     return app
 
 
-def openapi_document(app: FastAPI) -> dict[str, Any]:
-    return app.openapi()
+def _problem_only_openapi(app: FastAPI) -> dict[str, Any]:
+    """Error answers are application/problem+json only; FastAPI also lists application/json for them."""
+    if app.openapi_schema is None:
+        doc = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        for path in doc.get("paths", {}).values():
+            for op in path.values():
+                for status, resp in op.get("responses", {}).items():
+                    content = resp.get("content", {})
+                    if status.startswith(("4", "5")) and errors.PROBLEM in content:
+                        content.pop("application/json", None)
+        app.openapi_schema = doc
+    return app.openapi_schema
