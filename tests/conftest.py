@@ -60,7 +60,11 @@ def pg_url() -> Iterator[str]:
     admin_dsn = base.set(drivername="postgresql").render_as_string(hide_password=False)
     name = f"kvtest_{secrets.token_hex(6)}"
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        # template0 + UTF8: independent of the cluster's default encoding (SQL_ASCII where initdb ran without
+        # a locale, as in a bare container), so Swedish text round-trips in every test database.
+        admin.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(sql.Identifier(name))
+        )
         try:
             yield base.set(database=name).render_as_string(hide_password=False)
         finally:

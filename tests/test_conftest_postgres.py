@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
-from conftest import POSTGRES_URL_ENV, postgres_url
+
+from tests.conftest import POSTGRES_URL_ENV, postgres_url
 
 
 def test_pg_url_is_a_fresh_database_of_its_own(pg_url: str) -> None:
@@ -13,6 +14,11 @@ def test_pg_url_is_a_fresh_database_of_its_own(pg_url: str) -> None:
         with engine.connect() as conn:
             assert conn.execute(sa.text("select 1")).scalar_one() == 1
             name = conn.execute(sa.text("select current_database()")).scalar_one()
+            encoding = conn.execute(
+                sa.text("select pg_encoding_to_char(encoding) from pg_database where datname = :n"),
+                {"n": name},
+            ).scalar_one()
+            swedish = conn.execute(sa.text("select :s"), {"s": "Sandlådans kommun – Å Ä Ö"}).scalar_one()
             tables = conn.execute(
                 sa.text("select count(*) from information_schema.tables where table_schema = 'public'")
             ).scalar_one()
@@ -21,6 +27,8 @@ def test_pg_url_is_a_fresh_database_of_its_own(pg_url: str) -> None:
     assert name.startswith("kvtest_")
     assert name != sa.make_url(postgres_url()).database
     assert tables == 0
+    assert encoding == "UTF8"
+    assert swedish == "Sandlådans kommun – Å Ä Ö"
 
 
 def test_missing_url_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
