@@ -6,6 +6,7 @@ the outcome, so a crash between staging and recording only means the same file i
 
 from __future__ import annotations
 
+from kanalvaxel.adapters.print_file import PrintSpoolError
 from kanalvaxel.domain.errors import ValidationError
 from kanalvaxel.domain.model import Channel
 from kanalvaxel.ports import DeliveryJob, DeliveryOutcome, LetterRenderer, OutcomeKind, PrintSpool
@@ -25,6 +26,8 @@ class PrintChannel:
             return DeliveryOutcome(OutcomeKind.FAILED, f"Brevet kan inte skrivas ut: {exc.message}")
         try:
             staged = self._spool.stage(job.shipment_id, pdf)
+        except PrintSpoolError as exc:
+            return DeliveryOutcome(OutcomeKind.FAILED, f"Brevet kunde inte läggas i tryckkön: {exc}")
         except OSError as exc:  # a full or unmounted spool is an operations problem that may pass
             return DeliveryOutcome(
                 OutcomeKind.RETRY, f"Tryckkatalogen kunde inte skrivas: {exc.strerror or exc}"

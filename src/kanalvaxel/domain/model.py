@@ -113,7 +113,8 @@ class ShipmentState(enum.StrEnum):
 
 
 _ALLOWED: dict[ShipmentState, frozenset[ShipmentState]] = {
-    ShipmentState.ACCEPTED: frozenset({ShipmentState.SENDING, ShipmentState.FAILED}),
+    # RETRY_WAIT straight from ACCEPTED: the decision itself can say "wait" (FaR could not be asked).
+    ShipmentState.ACCEPTED: frozenset({ShipmentState.SENDING, ShipmentState.RETRY_WAIT, ShipmentState.FAILED}),
     ShipmentState.SENDING: frozenset(
         {
             ShipmentState.SENDING,
@@ -123,7 +124,9 @@ _ALLOWED: dict[ShipmentState, frozenset[ShipmentState]] = {
             ShipmentState.FAILED,
         }
     ),
-    ShipmentState.RETRY_WAIT: frozenset({ShipmentState.SENDING, ShipmentState.FAILED}),
+    ShipmentState.RETRY_WAIT: frozenset(
+        {ShipmentState.SENDING, ShipmentState.RETRY_WAIT, ShipmentState.FAILED}  # waits again while FaR is down
+    ),
     ShipmentState.HANDED_OVER: frozenset(
         {ShipmentState.DELIVERED, ShipmentState.SENDING, ShipmentState.RETRY_WAIT, ShipmentState.FAILED}
     ),

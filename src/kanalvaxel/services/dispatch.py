@@ -236,42 +236,37 @@ class Dispatcher:
         close_batch: str | None = None
         with self._uow() as uow:
             uow.complete(claim, now)  # raises LeaseLostError: then nothing below is written
-            uow.finish_attempt(
-                shp.id, attempt_no, now, outcome.kind.value, outcome.detail, outcome.external_ref
-            )
             shp.updated_at = now
             details: dict[str, object] = {"attempt": attempt_no, **outcome.data}
             if outcome.external_ref:
                 details["external_ref"] = outcome.external_ref
             kind = outcome.kind
+            n = uow.count_attempts(shp.id, channel.value)
+            if kind is OutcomeKind.RETRY and n >= self._settings.max_attempts_per_channel:
+                kind = OutcomeKind.FAILED
+                outcome = DeliveryOutcome(
+                    OutcomeKind.FAILED, f"{outcome.detail} (gav upp efter {n} försök)", outcome.external_ref
+                )
+            uow.finish_attempt(shp.id, attempt_no, now, kind.value, outcome.detail, outcome.external_ref)
             if kind is OutcomeKind.RETRY:
-                n = uow.count_attempts(shp.id, channel.value)
-                if n >= self._settings.max_attempts_per_channel:
-                    kind = OutcomeKind.FAILED
-                    outcome = DeliveryOutcome(
-                        OutcomeKind.FAILED,
-                        f"{outcome.detail} (gav upp efter {n} försök)",
-                        outcome.external_ref,
-                    )
-                else:
-                    wait = outcome.retry_after or backoff(
-                        n, self._settings.backoff_base, self._settings.backoff_max, shp.id
-                    )
-                    at = now + wait
-                    self._move(uow, shp, ShipmentState.RETRY_WAIT)
-                    uow.save_shipment(shp)
-                    uow.add_event(
-                        shp.id,
-                        EventRecord(
-                            now,
-                            EventType.ATTEMPT.value,
-                            f"{_name(channel)}: {outcome.detail}. Nytt försök {at:%Y-%m-%d %H:%M:%S} UTC.",
-                            shp.state,
-                            channel.value,
-                            {**details, "retry_at": at.isoformat()},
-                        ),
-                    )
-                    uow.enqueue(shp.id, at, now)
+                wait = outcome.retry_after or backoff(
+                    n, self._settings.backoff_base, self._settings.backoff_max, shp.id
+                )
+                at = now + wait
+                self._move(uow, shp, ShipmentState.RETRY_WAIT)
+                uow.save_shipment(shp)
+                uow.add_event(
+                    shp.id,
+                    EventRecord(
+                        now,
+                        EventType.ATTEMPT.value,
+                        f"{_name(channel)}: {outcome.detail}. Nytt försök {at:%Y-%m-%d %H:%M:%S} UTC.",
+                        shp.state,
+                        channel.value,
+                        {**details, "retry_at": at.isoformat()},
+                    ),
+                )
+                uow.enqueue(shp.id, at, now)
             if kind is OutcomeKind.DELIVERED:
                 self._move(uow, shp, ShipmentState.DELIVERED)
                 shp.finished_at = now

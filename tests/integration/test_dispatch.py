@@ -1,0 +1,330 @@
+"""The dispatcher's outbox semantics, with scripted channels (in-memory fakes of the ChannelAdapter port)
+and the real print channel, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from kanalvaxel.bootstrap import Container
+from kanalvaxel.domain.identity import RecipientId
+from kanalvaxel.domain.model import Channel, Confidentiality, Letter
+from kanalvaxel.domain.rules import LookupState, Mailbox, MailboxLookup
+from kanalvaxel.entrypoints.worker import Worker
+from kanalvaxel.ports import ClientRecord, DeliveryJob, DeliveryOutcome, OutcomeKind
+from kanalvaxel.services.dispatch import Dispatcher, backoff
+from kanalvaxel.services.facts import FactsGatherer
+from tests.integration.conftest import ManualClock, make_letter
+
+
+class ScriptedChannel:
+    """Answers from a script, one outcome per call; records every job it was given."""
+
+    def __init__(self, channel: Channel, script: Sequence[OutcomeKind]) -> None:
+        self.channel = channel
+        self.script = list(script)
+        self.jobs: list[DeliveryJob] = []
+
+    def send(self, job: DeliveryJob) -> DeliveryOutcome:
+        self.jobs.append(job)
+        kind = self.script.pop(0) if self.script else OutcomeKind.DELIVERED
+        return DeliveryOutcome(kind, f"skript: {kind.value}", external_ref=f"ref-{len(self.jobs)}")
+
+
+class FakeRegister:
+    def __init__(self, answer: Callable[[], MailboxLookup]) -> None:
+        self.answer = answer
+        self.calls = 0
+
+    def lookup(
+        self,
+        sender_organisation_number: str,
+        recipients: Sequence[RecipientId],
+        *,
+        bypass_cache: bool = False,
+    ) -> Mapping[str, MailboxLookup]:
+        self.calls += 1
+        return {r.value: self.answer() for r in recipients}
+
+
+def dispatcher(
+    container: Container,
+    channels: Mapping[Channel, object],
+    register: FakeRegister | None = None,
+    **settings: object,
+) -> Dispatcher:
+    merged = dict(container.channels)
+    merged.update(channels)  # type: ignore[arg-type]
+    unavailable = {c: "inte i testet" for c in Channel if c not in merged}
+    from dataclasses import replace
+
+    return Dispatcher(
+        container.uow,
+        container.clock,
+        container.policy,
+        container.senders,
+        merged,  # type: ignore[arg-type]
+        FactsGatherer(register, None, unavailable),  # type: ignore[arg-type]
+        container.printing,
+        replace(container.dispatch_settings, **settings),  # type: ignore[arg-type]
+        "test-worker",
+    )
+
+
+def run_due(container: Container, d: Dispatcher, limit: int = 50) -> int:
+    for worked in range(limit):
+        with container.uow() as uow:
+            claims = uow.claim("test-worker", container.clock.now(), timedelta(minutes=5), 1)
+            uow.commit()
+        if not claims:
+            return worked
+        d.process(claims[0])
+    raise AssertionError("work did not settle")
+
+
+def view(container: Container, sid: str) -> tuple[str, str | None, list[str], list[tuple[str, str | None]]]:
+    with container.uow() as uow:
+        shp = uow.shipment(sid)
+        assert shp is not None
+        events = [e.type for e in uow.events(sid)]
+        attempts = [(a.channel, a.outcome) for a in uow.attempts(sid)]
+    return shp.state, shp.channel, events, attempts
+
+
+def submit(container: Container, client: ClientRecord, letter: Letter | None = None, key: str = "k") -> str:
+    return container.intake.submit(client, key, key, letter or make_letter(email="a@example.se")).shipment.id
+
+
+def test_a_channel_that_fails_for_now_is_retried_after_a_backoff_from_the_stored_count(
+    container: Container, client: ClientRecord, clock: ManualClock
+) -> None:
+    email = ScriptedChannel(Channel.EMAIL, [OutcomeKind.RETRY, OutcomeKind.RETRY, OutcomeKind.DELIVERED])
+    d = dispatcher(container, {Channel.EMAIL: email})
+    sid = submit(container, client)
+    assert run_due(container, d) == 1
+    state, channel, _, attempts = view(container, sid)
+    assert (state, channel, attempts) == ("RETRY_WAIT", "email", [("email", "RETRY")])
+    first_wait = backoff(
+        1, container.dispatch_settings.backoff_base, container.dispatch_settings.backoff_max, sid
+    )
+    clock.advance(seconds=first_wait.total_seconds() - 1)
+    assert run_due(container, d) == 0  # not yet due
+    clock.advance(seconds=2)
+    assert run_due(container, d) == 1
+    second_wait = backoff(
+        2, container.dispatch_settings.backoff_base, container.dispatch_settings.backoff_max, sid
+    )
+    assert second_wait > first_wait
+    clock.advance(seconds=second_wait.total_seconds() + 1)
+    assert run_due(container, d) == 1
+    state, channel, events, attempts = view(container, sid)
+    assert state == "DELIVERED"
+    assert attempts == [("email", "RETRY"), ("email", "RETRY"), ("email", "DELIVERED")]
+    assert events[-1] == "DELIVERED"
+    assert len(email.jobs) == 3
+
+
+def test_a_permanent_failure_moves_on_to_the_next_channel_at_once(
+    container: Container, client: ClientRecord
+) -> None:
+    email = ScriptedChannel(Channel.EMAIL, [OutcomeKind.FAILED])
+    d = dispatcher(container, {Channel.EMAIL: email})
+    sid = submit(container, client)
+    run_due(container, d)
+    state, channel, events, attempts = view(container, sid)
+    assert attempts == [("email", "FAILED"), ("print", "HANDED_OVER")]
+    assert state == "HANDED_OVER"
+    assert channel == "print"
+    assert "CHANNEL_FAILED" in events
+
+
+def test_exhausted_retries_count_as_a_failure_of_that_channel(
+    container: Container, client: ClientRecord, clock: ManualClock
+) -> None:
+    email = ScriptedChannel(Channel.EMAIL, [OutcomeKind.RETRY] * 10)
+    d = dispatcher(container, {Channel.EMAIL: email}, max_attempts_per_channel=3)
+    sid = submit(container, client)
+    for _ in range(5):
+        run_due(container, d)
+        clock.advance(hours=2)
+    _, channel, _, attempts = view(container, sid)
+    assert [a for a in attempts if a[0] == "email"] == [("email", "RETRY")] * 2 + [("email", "FAILED")]
+    assert channel == "print"
+
+
+def test_when_every_channel_fails_the_shipment_fails_with_the_reasons(
+    container: Container, client: ClientRecord
+) -> None:
+    email = ScriptedChannel(Channel.EMAIL, [OutcomeKind.FAILED])
+    printing = ScriptedChannel(Channel.PRINT, [OutcomeKind.FAILED])
+    d = dispatcher(container, {Channel.EMAIL: email, Channel.PRINT: printing})
+    sid = submit(container, client)
+    run_due(container, d)
+    state, _, events, _ = view(container, sid)
+    assert state == "FAILED"
+    assert events[-1] == "FAILED"
+
+
+def test_a_letter_for_print_without_a_postal_address_fails_with_that_reason(
+    container: Container, client: ClientRecord
+) -> None:
+    d = dispatcher(container, {})
+    sid = submit(container, client, make_letter(address=False))
+    run_due(container, d)
+    with container.uow() as uow:
+        shp = uow.shipment(sid)
+        events = uow.events(sid)
+    assert shp is not None
+    assert shp.state == "FAILED"
+    assert shp.decision is not None
+    print_option = next(o for o in shp.decision["options"] if o["channel"] == "print")  # type: ignore[union-attr]
+    assert print_option["codes"] == ["NO_POSTAL_ADDRESS"]
+    assert (
+        "ingen postadress" in events[-1].message.lower() or "ingen postadress" in events[-2].message.lower()
+    )
+
+
+def test_confidential_letters_never_reach_plain_email(container: Container, client: ClientRecord) -> None:
+    email = ScriptedChannel(Channel.EMAIL, [])
+    d = dispatcher(container, {Channel.EMAIL: email})
+    sid = submit(
+        container, client, make_letter(email="a@example.se", confidentiality=Confidentiality.CONFIDENTIAL)
+    )
+    run_due(container, d)
+    assert email.jobs == []
+    assert view(container, sid)[1] == "print"
+
+
+def test_a_worker_that_lost_its_lease_records_nothing(
+    container: Container, client: ClientRecord, clock: ManualClock
+) -> None:
+    sid = submit(container, client)
+    intruder: list[object] = []
+
+    class SlowChannel(ScriptedChannel):
+        def send(self, job: DeliveryJob) -> DeliveryOutcome:
+            # While "we" send, the lease runs out and another worker claims the item.
+            clock.advance(minutes=10)
+            with container.uow() as uow:
+                intruder.extend(uow.claim("intruder", clock.now(), timedelta(minutes=5), 1))
+                uow.commit()
+            return super().send(job)
+
+    email = SlowChannel(Channel.EMAIL, [OutcomeKind.DELIVERED])
+    d = dispatcher(container, {Channel.EMAIL: email})
+    with container.uow() as uow:
+        (claim,) = uow.claim("test-worker", clock.now(), timedelta(minutes=5), 1)
+        uow.commit()
+    d.process(claim)
+    assert len(intruder) == 1
+    state, _, events, attempts = view(container, sid)
+    assert state == "SENDING"  # the first worker wrote no outcome
+    assert attempts == [("email", None)]
+    assert "DELIVERED" not in events
+
+
+def test_while_far_is_unreachable_letters_wait_and_only_then_go_to_paper(
+    container: Container, client: ClientRecord, clock: ManualClock
+) -> None:
+    down = MailboxLookup(LookupState.UNAVAILABLE, error="connection refused")
+    register = FakeRegister(lambda: down)
+    mm = ScriptedChannel(Channel.MINA_MEDDELANDEN, [])
+    d = dispatcher(container, {Channel.MINA_MEDDELANDEN: mm}, register)
+    sid = submit(container, client, make_letter())
+    run_due(container, d)
+    assert view(container, sid)[0] == "RETRY_WAIT"
+    waited = timedelta()
+    while view(container, sid)[0] == "RETRY_WAIT" and waited < timedelta(hours=5):
+        clock.advance(minutes=5)
+        waited += timedelta(minutes=5)
+        run_due(container, d)
+    state, channel, _, _ = view(container, sid)
+    assert channel == "print"
+    assert state == "HANDED_OVER"
+    assert timedelta(hours=4) <= waited <= timedelta(hours=4, minutes=10)
+    assert register.calls >= 40  # asked again every five minutes
+    assert mm.jobs == []
+
+
+def test_far_answers_route_to_digital_mail_with_the_mailbox_facts(
+    container: Container, client: ClientRecord
+) -> None:
+    box = Mailbox(True, False, True, "165568402266", "Kivra", "https://127.0.0.1:1/service/v3")
+    register = FakeRegister(lambda: MailboxLookup(LookupState.ANSWERED, box))
+    mm = ScriptedChannel(Channel.MINA_MEDDELANDEN, [OutcomeKind.DELIVERED])
+    d = dispatcher(container, {Channel.MINA_MEDDELANDEN: mm}, register)
+    sid = submit(container, client)
+    run_due(container, d)
+    assert view(container, sid)[:2] == ("DELIVERED", "mina_meddelanden")
+    assert mm.jobs[0].mailbox is not None
+    assert mm.jobs[0].mailbox.mailbox == box
+
+
+def test_print_batches_close_by_size_and_every_letter_is_in_exactly_one(
+    db_url: str, tmp_path: Path, dev_certs: Path, clock: ManualClock
+) -> None:
+    from kanalvaxel.bootstrap import build
+    from tests.integration.conftest import settings_for
+
+    c = build(settings_for(db_url, tmp_path, dev_certs, print={"batch_max_letters": 3}), clock=clock)
+    c.migrate()
+    client = c.clients.add("x", ["sandbox"]).client
+    ids = [submit(c, client, make_letter(), key=f"k{i}") for i in range(7)]
+    w = Worker(c)
+    while w.run_once():
+        pass
+    outgoing = sorted((tmp_path / "spool" / "outgoing").iterdir())
+    assert len(outgoing) == 2  # two full batches of three; the seventh letter waits in an open batch
+    seen: list[str] = []
+    for batch in outgoing:
+        manifest = json.loads((batch / "manifest.json").read_text())
+        assert manifest["letter_count"] == 3
+        seen.extend(letter["shipment_id"] for letter in manifest["letters"])
+        assert len(list(batch.glob("*.pdf"))) == 3
+    assert len(seen) == len(set(seen)) == 6
+    states = {sid: view(c, sid)[0] for sid in ids}
+    assert sorted(states.values()) == ["DELIVERED"] * 6 + ["HANDED_OVER"]
+    c.close()
+
+
+def test_print_batches_close_by_age_and_an_abandoned_closing_is_finished(
+    container: Container, client: ClientRecord, clock: ManualClock, tmp_path: Path
+) -> None:
+    sid = submit(container, client, make_letter())
+    run_due(container, dispatcher(container, {}))
+    assert container.printing is not None
+    assert container.printing.close_due() == []  # young and not full
+    clock.advance(seconds=container.settings.print.batch_max_age_seconds + 1)
+    with container.uow() as uow:
+        (batch,) = uow.due_print_batches(clock.now(), timedelta(hours=1), 500, 10**9)
+        assert uow.start_closing(batch.id, clock.now(), timedelta(minutes=10))  # a closer that then dies
+        uow.commit()
+    assert container.printing.close_due() == []  # its lease still holds
+    clock.advance(minutes=11)
+    (path,) = container.printing.close_due()
+    assert Path(path).is_dir()
+    assert view(container, sid)[0] == "DELIVERED"
+    assert container.printing.close_due() == []
+    with container.uow() as uow:
+        delivered = [e for e in uow.events(sid) if e.type == "DELIVERED"]
+    assert len(delivered) == 1
+
+
+@pytest.mark.parametrize("kind", [OutcomeKind.DELIVERED])
+def test_a_crash_looping_item_is_given_up_with_a_reason(
+    container: Container, client: ClientRecord, clock: ManualClock, kind: OutcomeKind
+) -> None:
+    sid = submit(container, client)
+    for _ in range(container.dispatch_settings.max_claims):
+        with container.uow() as uow:
+            assert uow.claim("crashy", clock.now(), timedelta(seconds=10), 1)
+            uow.commit()
+        clock.advance(seconds=11)  # the worker "died": the lease runs out
+    run_due(container, dispatcher(container, {Channel.EMAIL: ScriptedChannel(Channel.EMAIL, [kind])}))
+    state, _, events, _ = view(container, sid)
+    assert state == "FAILED"
+    assert events[-1] == "FAILED"

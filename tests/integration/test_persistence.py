@@ -1,0 +1,136 @@
+"""Migrations, the outbox claim and leases — against SQLite and the real PostgreSQL server."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import func, select
+
+from kanalvaxel.adapters.persistence.tables import Base, WorkItemRow
+from kanalvaxel.bootstrap import Container
+from kanalvaxel.ports import ClientRecord, LeaseLostError
+from tests.integration.conftest import ManualClock, make_letter
+
+
+def test_migrations_build_exactly_the_tables_the_code_declares(container: Container) -> None:
+    with container.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_migrating_twice_is_harmless(container: Container) -> None:
+    container.migrate()
+    with container.engine.connect() as conn:
+        assert MigrationContext.configure(conn).get_current_revision() == "0001"
+
+
+def _submit(container: Container, client: ClientRecord, n: int) -> list[str]:
+    return [
+        container.intake.submit(client, f"key-{i}", f"hash-{i}", make_letter()).shipment.id for i in range(n)
+    ]
+
+
+def test_concurrent_claims_never_hand_out_the_same_item_twice(
+    container: Container, client: ClientRecord
+) -> None:
+    ids = _submit(container, client, 40)
+    claimed: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(4)
+
+    def claimer(name: str) -> None:
+        start.wait()
+        while True:
+            with container.uow() as uow:
+                got = uow.claim(name, container.clock.now(), timedelta(minutes=5), 3)
+                uow.commit()
+            if not got:
+                return
+            with lock:
+                claimed.extend(c.shipment_id for c in got)
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    counts = Counter(claimed)
+    assert sorted(counts) == sorted(ids)
+    assert set(counts.values()) == {1}
+
+
+def test_an_expired_lease_returns_work_and_the_old_holder_can_record_nothing(
+    container: Container, client: ClientRecord, clock: ManualClock
+) -> None:
+    (sid,) = _submit(container, client, 1)
+    lease = timedelta(seconds=60)
+    with container.uow() as uow:
+        (first,) = uow.claim("w1", clock.now(), lease, 10)
+        uow.commit()
+    clock.advance(seconds=30)
+    with container.uow() as uow:
+        assert uow.claim("w2", clock.now(), lease, 10) == []
+        uow.commit()
+    clock.advance(seconds=31)
+    with container.uow() as uow:
+        (second,) = uow.claim("w2", clock.now(), lease, 10)
+        uow.commit()
+    assert second.shipment_id == sid
+    assert second.token != first.token
+    assert second.claims == 2
+    with container.uow() as uow, pytest.raises(LeaseLostError):
+        uow.complete(first, clock.now())
+    with container.uow() as uow:
+        uow.complete(second, clock.now())
+        uow.commit()
+    with container.uow() as uow:
+        assert uow.claim("w3", clock.now() + timedelta(hours=1), lease, 10) == []
+
+
+def test_released_work_is_claimable_at_once(
+    container: Container, client: ClientRecord, clock: ManualClock
+) -> None:
+    _submit(container, client, 1)
+    with container.uow() as uow:
+        (claim,) = uow.claim("w1", clock.now(), timedelta(minutes=5), 1)
+        uow.commit()
+    with container.uow() as uow:
+        uow.release(claim)
+        uow.commit()
+    with container.uow() as uow:
+        assert len(uow.claim("w2", clock.now(), timedelta(minutes=5), 1)) == 1
+
+
+def test_submission_writes_shipment_content_event_and_outbox_row_together(
+    container: Container, client: ClientRecord
+) -> None:
+    (sid,) = _submit(container, client, 1)
+    with container.uow() as uow:
+        shp = uow.shipment(sid)
+        content = uow.letter_content(sid)
+        events = uow.events(sid)
+    assert shp is not None
+    assert shp.state == "ACCEPTED"
+    assert content is not None
+    assert content[1][0].content.startswith(b"%PDF-")
+    assert [e.type for e in events] == ["ACCEPTED"]
+    with container.engine.connect() as conn:
+        live = conn.scalar(
+            select(func.count()).select_from(WorkItemRow).where(WorkItemRow.shipment_id == sid)
+        )
+    assert live == 1
+
+
+def test_one_live_work_item_per_shipment_is_enforced_by_the_database(
+    container: Container, client: ClientRecord, clock: ManualClock
+) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    (sid,) = _submit(container, client, 1)
+    with container.uow() as uow, pytest.raises(IntegrityError):
+        uow.enqueue(sid, clock.now(), clock.now())
