@@ -15,7 +15,9 @@ from datetime import date
 
 from kanalvaxel.domain.errors import InvalidRecipientIdError
 
-_FORM = re.compile(r"^(?P<century>\d{2})?(?P<ten>\d{6})(?P<sep>[-+]?)(?P<last>\d{4})$")
+# ASCII digits only: `\d` would also take e.g. full-width or Arabic-Indic digits, which int() reads but
+# Mina meddelanden and our database would store as something other than twelve ASCII digits.
+_FORM = re.compile(r"^(?P<century>[0-9]{2})?(?P<six>[0-9]{6})(?P<sep>[-+]?)(?P<last>[0-9]{4})$")
 
 
 class RecipientKind(enum.StrEnum):
@@ -70,7 +72,7 @@ class RecipientId:
             raise InvalidRecipientIdError(
                 field, "must be a personnummer, samordningsnummer or organisationsnummer (10 or 12 digits)"
             )
-        century, six, sep, last = m["century"], m["ten"], m["sep"], m["last"]
+        century, six, sep, last = m["century"], m["six"], m["sep"], m["last"]
         ten = six + last
         if not luhn_ok(ten):
             raise InvalidRecipientIdError(field, "check digit does not match (Luhn)")
@@ -103,7 +105,7 @@ class RecipientId:
             date(full, month, day)
         except ValueError:
             raise InvalidRecipientIdError(field, "the date part is not a real date") from None
-        return cls(f"{full:04d}{ten}", kind)
+        return cls(f"{full // 100:02d}{ten}", kind)
 
 
 def organisation_number(raw: str, *, field: str = "organisation_number") -> str:

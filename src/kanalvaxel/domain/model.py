@@ -114,7 +114,9 @@ class ShipmentState(enum.StrEnum):
 
 _ALLOWED: dict[ShipmentState, frozenset[ShipmentState]] = {
     # RETRY_WAIT straight from ACCEPTED: the decision itself can say "wait" (FaR could not be asked).
-    ShipmentState.ACCEPTED: frozenset({ShipmentState.SENDING, ShipmentState.RETRY_WAIT, ShipmentState.FAILED}),
+    ShipmentState.ACCEPTED: frozenset(
+        {ShipmentState.SENDING, ShipmentState.RETRY_WAIT, ShipmentState.FAILED}
+    ),
     ShipmentState.SENDING: frozenset(
         {
             ShipmentState.SENDING,
@@ -124,8 +126,9 @@ _ALLOWED: dict[ShipmentState, frozenset[ShipmentState]] = {
             ShipmentState.FAILED,
         }
     ),
+    # RETRY_WAIT again: waits once more while FaR is still down.
     ShipmentState.RETRY_WAIT: frozenset(
-        {ShipmentState.SENDING, ShipmentState.RETRY_WAIT, ShipmentState.FAILED}  # waits again while FaR is down
+        {ShipmentState.SENDING, ShipmentState.RETRY_WAIT, ShipmentState.FAILED}
     ),
     ShipmentState.HANDED_OVER: frozenset(
         {ShipmentState.DELIVERED, ShipmentState.SENDING, ShipmentState.RETRY_WAIT, ShipmentState.FAILED}

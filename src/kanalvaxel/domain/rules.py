@@ -18,7 +18,6 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from kanalvaxel.domain.errors import PolicyError
-from kanalvaxel.domain.identity import RecipientKind
 from kanalvaxel.domain.model import PLAIN_CHANNELS, Channel, Confidentiality, Letter, Notice
 
 
@@ -190,7 +189,7 @@ class Decision:
         """A Swedish one-paragraph explanation for customer service."""
         parts = [f"Regel «{self.rule}»."]
         for o in self.options:
-            parts.append(f"{CHANNEL_NAMES_SV[o.channel]}: {o.reason}.")
+            parts.append(f"{CHANNEL_NAMES_SV.get(o.channel, str(o.channel))}: {o.reason}.")
         return " ".join(parts)
 
 
@@ -222,6 +221,8 @@ _REASONS_SV: Mapping[str, str] = {
     "NO_POSTAL_ADDRESS": "ingen postadress angiven",
     "NO_NAME": "inget mottagarnamn angivet",
     "NOT_WITH_CHOSEN_CHANNEL": "aviseringen hör inte till någon av de valda kanalerna",
+    "WAITING_FOR_REGISTER": "väntar på FaR",
+    "NOT_A_CHANNEL": "är ingen kanal (ett SMS kan bara vara en avisering)",
 }
 
 
@@ -243,15 +244,26 @@ def _check_certificate(cert: CertificateFacts | None, email: str | None, now: da
     codes: list[str] = []
     if now < cert.not_before:
         codes.append("CERTIFICATE_NOT_YET_VALID")
-    if now >= cert.not_after:
+    if now > cert.not_after:  # RFC 5280 4.1.2.5: valid from notBefore through notAfter, inclusive
         codes.append("CERTIFICATE_EXPIRED")
     if not cert.usable_for_encryption:
         codes.append("CERTIFICATE_NOT_FOR_ENCRYPTION")
     if not cert.trusted:
         codes.append("CERTIFICATE_UNTRUSTED")
-    if email is not None and email.lower() not in {e.lower() for e in cert.email_addresses}:
+    # Without an address there is nothing to mismatch; the caller already says NO_EMAIL_ADDRESS.
+    if email and email.lower() not in {e.lower() for e in cert.email_addresses}:
         codes.append("CERTIFICATE_EMAIL_MISMATCH")
     return codes
+
+
+def _as_channel(value: object) -> Channel | None:
+    """The Channel `value` stands for, or None (e.g. Notice.SMS); a plain "print" string counts."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return Channel(value)
+    except ValueError:
+        return None
 
 
 def decide(letter: Letter, facts: RecipientFacts, policy: Policy, now: datetime) -> Decision:
@@ -264,10 +276,17 @@ def decide(letter: Letter, facts: RecipientFacts, policy: Policy, now: datetime)
     if rule is None:
         return Decision(rule="(ingen regel matchade)", options=())
     info = letter.recipient_info
-    confidential = letter.confidentiality is Confidentiality.CONFIDENTIAL
+    # Fail closed: anything not known to be public or internal is treated as confidential, and `in`
+    # compares by value, so a plain "confidential" string from an untyped caller counts too.
+    confidential = letter.confidentiality not in (Confidentiality.PUBLIC, Confidentiality.INTERNAL)
     options: list[ChannelOption] = []
     retry_at: datetime | None = None
-    for channel in rule.channels:
+    for listed in rule.channels:
+        channel = _as_channel(listed)
+        if channel is None:
+            # Only a Policy built in code can get here (the loader refuses it): e.g. Notice.SMS as a channel.
+            options.append(ChannelOption(listed, False, ("NOT_A_CHANNEL",), reason_text(("NOT_A_CHANNEL",))))
+            continue
         codes: list[str] = []
         if channel in facts.unavailable:
             codes.append("CHANNEL_NOT_CONFIGURED")
@@ -278,9 +297,12 @@ def decide(letter: Letter, facts: RecipientFacts, policy: Policy, now: datetime)
             if lookup.state is LookupState.NOT_CONFIGURED:
                 codes.append("REGISTER_NOT_CONFIGURED")
             elif lookup.state is LookupState.UNAVAILABLE or lookup.mailbox is None:
-                since = facts.accepted_at or now
-                if now < since + policy.register_unavailable_wait:
-                    retry_at = min(now + policy.register_retry_interval, since + policy.register_unavailable_wait)
+                waited = now - (facts.accepted_at or now)
+                if waited < policy.register_unavailable_wait:
+                    # Never later than the end of the wait; written so that no datetime is built beyond it.
+                    retry_at = now + min(
+                        policy.register_retry_interval, policy.register_unavailable_wait - waited
+                    )
                 codes.append("REGISTER_UNAVAILABLE")
             else:
                 mb = lookup.mailbox
@@ -307,8 +329,9 @@ def decide(letter: Letter, facts: RecipientFacts, policy: Policy, now: datetime)
         options.append(_option(channel, codes))
     if retry_at is not None:
         # Waiting for the register: nothing is chosen yet, so a slow FaR never sends a letter to paper.
+        waiting = ("WAITING_FOR_REGISTER",)
         options = [
-            o if not o.eligible else ChannelOption(o.channel, False, ("WAITING_FOR_REGISTER",), "väntar på FaR")
+            o if not o.eligible else ChannelOption(o.channel, False, waiting, reason_text(waiting))
             for o in options
         ]
     chosen = {o.channel for o in options if o.eligible}
@@ -319,9 +342,12 @@ def decide(letter: Letter, facts: RecipientFacts, policy: Policy, now: datetime)
             codes.append("CHANNEL_NOT_CONFIGURED")
         if confidential:
             codes.append("CONFIDENTIAL_CONTENT")
-        if nr.notice is Notice.SMS and not info.mobile:
+        if nr.notice == Notice.SMS and not info.mobile:
             codes.append("NO_MOBILE_NUMBER")
-        if not (nr.with_channels & chosen) and retry_at is None:
+        if retry_at is not None:
+            # Nothing is chosen while we wait for FaR, so no notice may go either.
+            codes.append("WAITING_FOR_REGISTER")
+        elif not (nr.with_channels & chosen):
             codes.append("NOT_WITH_CHOSEN_CHANNEL")
         notices.append(
             NoticeOption(
@@ -344,17 +370,24 @@ def decide(letter: Letter, facts: RecipientFacts, policy: Policy, now: datetime)
 # ------------------------------------------------------------------------------------ policy loading
 
 _E = TypeVar("_E", bound=enum.StrEnum)
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_DURATION = re.compile(r"^\s*([0-9]+)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: Longer durations are a typo, and `now + duration` must stay far from datetime.max.
+_MAX_DURATION = timedelta(days=365)
 
 
 def parse_duration(value: object, where: str) -> timedelta:
-    """`"90s"`, `"30m"`, `"4h"`, `"2d"` or a number of seconds."""
+    """`"90s"`, `"30m"`, `"4h"`, `"2d"` or a number of seconds; at most 365 days."""
+    seconds: int | None = None
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return timedelta(seconds=value)
-    if isinstance(value, str) and (m := _DURATION.match(value)):
-        return timedelta(seconds=int(m[1]) * _UNITS[m[2]])
-    raise PolicyError(f"{where}: expected a duration like \"30m\", \"4h\" or seconds, got {value!r}")
+        seconds = value
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = int(m[1]) * _UNITS[m[2]]
+    if seconds is None:
+        raise PolicyError(f'{where}: expected a duration like "30m", "4h" or seconds, got {value!r}')
+    if seconds > _MAX_DURATION.total_seconds():
+        raise PolicyError(f"{where}: {value!r} is longer than the longest allowed duration, 365 days")
+    return timedelta(seconds=seconds)
 
 
 def _str_set(value: object, where: str) -> frozenset[str]:
@@ -392,7 +425,9 @@ def _parse_match(raw: object, where: str) -> RuleMatch:
     if protected is not None and not isinstance(protected, bool):
         raise PolicyError(f"{where}.protected_identity: expected true or false")
     return RuleMatch(
-        message_types=_str_set(raw["message_type"], f"{where}.message_type") if "message_type" in raw else None,
+        message_types=_str_set(raw["message_type"], f"{where}.message_type")
+        if "message_type" in raw
+        else None,
         confidentiality=(
             _enum_set(Confidentiality, raw["confidentiality"], f"{where}.confidentiality")
             if "confidentiality" in raw
@@ -404,15 +439,15 @@ def _parse_match(raw: object, where: str) -> RuleMatch:
     )
 
 
-def _parse_rule(raw: object, index: int) -> Rule:
-    where = f"rule[{index}]"
+def _parse_rule(raw: object, index: int, source: str) -> Rule:
+    where = f"{source}: rule[{index}]"
     if not isinstance(raw, dict):
         raise PolicyError(f"{where}: expected a table")
     _check_keys(raw, {"name", "match", "channels", "notices", "email_notice_only"}, where)
     name = raw.get("name", f"regel {index + 1}")
     if not isinstance(name, str) or not name.strip():
         raise PolicyError(f"{where}.name: expected a non-empty string")
-    where = f"rule[{index}] «{name}»"
+    where = f"{source}: rule[{index}] «{name}»"
     channels_raw = raw.get("channels")
     if not isinstance(channels_raw, list) or not channels_raw:
         raise PolicyError(f"{where}.channels: expected a non-empty list of channels")
@@ -428,16 +463,22 @@ def _parse_rule(raw: object, index: int) -> Rule:
         if ch in channels:
             raise PolicyError(f"{where}.channels: {ch.value} is listed twice")
         channels.append(ch)
+    notices_raw = raw.get("notices", [])
+    if not isinstance(notices_raw, list):
+        raise PolicyError(
+            f'{where}.notices: expected a list of tables like {{ kind = "sms", with = ["print"] }}'
+        )
     notices: list[NoticeRule] = []
-    for j, n in enumerate(raw.get("notices", [])):
+    for j, n in enumerate(notices_raw):
         nwhere = f"{where}.notices[{j}]"
         if not isinstance(n, dict):
             raise PolicyError(f"{nwhere}: expected a table")
         _check_keys(n, {"kind", "with"}, nwhere)
+        kind = n.get("kind")
         try:
-            notice = Notice(n.get("kind"))
+            notice = Notice(kind if isinstance(kind, str) else "")
         except ValueError:
-            raise PolicyError(f"{nwhere}.kind: unknown notice {n.get('kind')!r} (allowed: sms)") from None
+            raise PolicyError(f"{nwhere}.kind: unknown notice {kind!r} (allowed: sms)") from None
         with_channels = _enum_set(Channel, n.get("with", []), f"{nwhere}.with")
         notices.append(NoticeRule(notice, with_channels))
     notice_only = raw.get("email_notice_only", False)
@@ -457,7 +498,7 @@ def check_rule_is_safe(rule: Rule, where: str) -> None:
     if plain:
         raise PolicyError(
             f"{where}: can match confidential letters but lists plain channel(s) {', '.join(plain)}; "
-            "add match.confidentiality = [\"public\", \"internal\"] or remove them"
+            'add match.confidentiality = ["public", "internal"] or remove them'
         )
     if rule.notices:
         raise PolicyError(
@@ -476,7 +517,7 @@ def load_policy(text: str, *, source: str = "policy") -> Policy:
     rules_raw = data.get("rule")
     if not isinstance(rules_raw, list) or not rules_raw:
         raise PolicyError(f"{source}: needs at least one [[rule]]")
-    rules = tuple(_parse_rule(r, i) for i, r in enumerate(rules_raw))
+    rules = tuple(_parse_rule(r, i, source) for i, r in enumerate(rules_raw))
     if not rules[-1].match.catch_all:
         raise PolicyError(
             f"{source}: the last rule («{rules[-1].name}») must match every letter (no match table), "
@@ -486,4 +527,7 @@ def load_policy(text: str, *, source: str = "policy") -> Policy:
     for key in ("register_unavailable_wait", "register_retry_interval"):
         if key in data:
             kwargs[key] = parse_duration(data[key], f"{source}.{key}")
+    if kwargs.get("register_retry_interval") == timedelta(0):
+        # A zero interval would have a waiting letter ask FaR again at once, over and over.
+        raise PolicyError(f"{source}.register_retry_interval: must be longer than zero")
     return Policy(rules=rules, **kwargs)
