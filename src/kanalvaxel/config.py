@@ -7,6 +7,7 @@ Nested settings use `__` in environment variables: `KANALVAXEL_DATABASE__URL=pos
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Literal
@@ -164,11 +165,54 @@ def _config_file() -> Path | None:
 SANDBOX_SENDER_KEY = "sandbox"
 
 
+def _is_dev_certificate(path: Path, dev_dir: Path) -> bool:
+    """A certificate from certs-dev/, or any certificate carrying the development marker."""
+    try:
+        if path.resolve().is_relative_to(dev_dir.resolve()):
+            return True
+        from cryptography import x509
+
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    orgs = cert.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)
+    return any(DEV_CERT_MARKER in str(o.value) for o in orgs)
+
+
+def check_production(settings: Settings) -> None:
+    """Refuse what must never run in production: development certificates and the sandbox."""
+    if settings.environment != "production":
+        return
+    for sender in settings.senders:
+        for path in (sender.signing_certificate, sender.signing_key, sender.pkcs12):
+            if path is not None and (
+                path.resolve().is_relative_to(settings.dev_certs_dir.resolve())
+                or (path.suffix in (".pem", ".crt") and _is_dev_certificate(path, settings.dev_certs_dir))
+            ):
+                raise ConfigurationError(
+                    f"senders[{sender.key}]: {path} is a development certificate; production refuses it"
+                )
+    if settings.is_sqlite:
+        logging.getLogger(__name__).warning(
+            "production on SQLite: fine for one small installation, but PostgreSQL is what we test for scale"
+        )
+
+
+def _configured_by_environment() -> bool:
+    return (
+        any(
+            k.startswith("KANALVAXEL_") and k[11:].lower().split("__")[0] in Settings.model_fields
+            for k in os.environ
+        )
+        or "KANALVAXEL_CONFIG" in os.environ
+    )
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read settings; fill in the sandbox sender when the sandbox has none. Raises ConfigurationError."""
     from pydantic import ValidationError as PydanticValidationError
 
-    configured = _config_file() is not None or any(k.startswith("KANALVAXEL_") for k in os.environ)
+    configured = _config_file() is not None or _configured_by_environment()
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except PydanticValidationError as exc:
@@ -193,4 +237,5 @@ def load_settings(**overrides: object) -> Settings:
         )
     if not configured and not overrides:
         settings = settings.model_copy(update={"embedded_defaults": True})
+    check_production(settings)
     return settings

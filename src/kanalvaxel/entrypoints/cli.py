@@ -159,18 +159,22 @@ def worker() -> None:
     """Run a worker only (to scale out beside `serve --no-embedded-worker`)."""
     from kanalvaxel.entrypoints.worker import Worker
 
-    settings = _settings()
-    _warn_defaults(settings)
-    container = _prepare(settings)
-    w = Worker(container)
     done = threading.Event()
 
     def _stop(signum: int, _frame: Any) -> None:
         log.info("signal %d: stopping", signum)
         done.set()
 
+    # First thing: a SIGTERM during start-up must also end in a clean stop.
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    settings = _settings()
+    _warn_defaults(settings)
+    container = _prepare(settings)
+    w = Worker(container)
+    if done.is_set():
+        container.close()
+        return
     w.start()
     print(f"worker {w.name} running", flush=True)
     done.wait()

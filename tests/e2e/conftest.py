@@ -1,0 +1,61 @@
+"""Helpers for tests that run kanalväxel as real processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+KANALVAXEL = [sys.executable, "-m", "kanalvaxel.entrypoints.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def process_env(database_url: str, tmp_path: Path, dev_certs: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KANALVAXEL_")}
+    env.update(
+        {
+            "KANALVAXEL_DATABASE__URL": database_url,
+            "KANALVAXEL_PRINT__SPOOL_DIR": str(tmp_path / "spool"),
+            "KANALVAXEL_VAR_DIR": str(tmp_path / "var"),
+            "KANALVAXEL_DEV_CERTS_DIR": str(dev_certs),
+            "KANALVAXEL_WORKER__POLL_INTERVAL_SECONDS": "0.1",
+            "KANALVAXEL_LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def start(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([*KANALVAXEL, *args], env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tail}")
+
+
+def pdftotext(path: Path) -> str:
+    assert shutil.which("pdftotext"), "poppler-utils (pdftotext) is required; .ci/run installs it"
+    return subprocess.run(["pdftotext", str(path), "-"], capture_output=True, check=True, text=True).stdout
+
+
+# The same database parametrisation as the integration tests: every e2e test runs on SQLite and PostgreSQL.
+from tests.integration.conftest import db_url  # noqa: E402, F401
