@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -18,7 +19,8 @@ from kanalvaxel.entrypoints.api import errors
 from kanalvaxel.entrypoints.api.routes import health, recipients, shipments
 
 access_log = logging.getLogger("kanalvaxel.access")
-_IDENTITY = re.compile(r"(?<!\d)(\d{6}|\d{8})[-+]?(\d{4})(?!\d)")
+# Spaces anywhere, as RecipientId.parse accepts them ("19121212 1212", "1912 1212 1212").
+_IDENTITY = re.compile(r"(?<!\d)((?:\d ?){5}\d|(?:\d ?){7}\d) ?[-+]? ?((?:\d ?){3}\d)(?!\d)")
 
 
 def mask_identity_numbers(text: str) -> str:
@@ -96,7 +98,16 @@ def _problem_only_openapi(app: FastAPI) -> dict[str, Any]:
             for op in path.values():
                 for status, resp in op.get("responses", {}).items():
                     content = resp.get("content", {})
-                    if status.startswith(("4", "5")) and errors.PROBLEM in content:
-                        content.pop("application/json", None)
+                    if status.startswith(("4", "5")) and "application/json" in content:
+                        # FastAPI adds its own 422 (HTTPValidationError) to routes with parameters that
+                        # do not declare one; our handler renders that as a problem as well.
+                        content.pop("application/json")
+                        content.setdefault(
+                            errors.PROBLEM, {"schema": {"$ref": "#/components/schemas/Problem"}}
+                        )
+        schemas = doc.get("components", {}).get("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            if f'"#/components/schemas/{unused}"' not in json.dumps(doc):
+                schemas.pop(unused, None)
         app.openapi_schema = doc
     return app.openapi_schema

@@ -57,8 +57,15 @@ def problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> JS
     )
 
 
+#: Where FastAPI found a parameter; the first element of an error's `loc`, not part of the field's name.
+_LOCATIONS = ("body", "header", "query", "path", "cookie")
+
+
 def _loc(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body",)]
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in _LOCATIONS:
+        # Only the first: a field may itself be called `body` (ShipmentIn.body).
+        parts = parts[1:]
     out = ""
     for p in parts:
         out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)

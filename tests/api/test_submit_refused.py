@@ -1,0 +1,252 @@
+"""POST /v1/shipments refuses what it cannot deliver: the right status, a problem naming the field at fault,
+and nothing written to the database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from kanalvaxel.bootstrap import Container
+from kanalvaxel.config import SANDBOX_SENDER_KEY
+from kanalvaxel.entrypoints.api.app import create_app
+
+from .helpers import (
+    NOTHING_WRITTEN,
+    PDF,
+    MakeContainer,
+    assert_problem,
+    b64,
+    headers,
+    make_pdf,
+    payload,
+    row_counts,
+)
+
+PNG = (
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
+)
+
+
+def post(http: TestClient, key: str, body: Any, **kw: Any) -> Any:
+    return http.post("/v1/shipments", json=body, headers=headers(key, **kw))
+
+
+def test_malformed_json_is_400(http: TestClient, container: Container, api_key: str) -> None:
+    r = http.post(
+        "/v1/shipments",
+        content=b'{"subject": "Beslut", ',
+        headers={**headers(api_key), "Content-Type": "application/json"},
+    )
+    assert_problem(r, 400, field="body", detail="not valid JSON")
+    assert row_counts(container) == NOTHING_WRITTEN
+
+
+def test_unknown_top_level_field_is_422(http: TestClient, container: Container, api_key: str) -> None:
+    r = post(http, api_key, payload(priority="high"))
+    problem = assert_problem(r, 422, field="priority")
+    assert {"field": "priority", "message": "Extra inputs are not permitted"} in problem["errors"]
+    assert row_counts(container) == NOTHING_WRITTEN
+
+
+def test_unknown_nested_field_is_422(http: TestClient, container: Container, api_key: str) -> None:
+    body = payload()
+    body["recipient"]["nickname"] = "Tolvan"
+    r = post(http, api_key, body)
+    assert_problem(r, 422, field="recipient.nickname")
+    assert row_counts(container) == NOTHING_WRITTEN
+
+
+def test_unknown_field_in_a_list_item_is_named_with_its_index(
+    http: TestClient, container: Container, api_key: str
+) -> None:
+    body = payload()
+    body["attachments"][0]["password"] = "hemligt"
+    r = post(http, api_key, body)
+    assert_problem(r, 422, field="attachments[0].password")
+    assert row_counts(container) == NOTHING_WRITTEN
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"content_type": "text/markdown", "content": "# Beslut"}, "body.content_type"),
+        ({"content_type": "text/plain", "content": "Hej", "font": "Arial"}, "body.font"),
+    ],
+)
+def test_fields_of_the_letter_body_are_named_in_full(
+    http: TestClient, container: Container, api_key: str, body: dict[str, str], field: str
+) -> None:
+    # The request body's own field `body` must not be dropped as if it were FastAPI's location "body".
+    assert_problem(post(http, api_key, payload(body=body)), 422, field=field)
+    assert row_counts(container) == NOTHING_WRITTEN
+
+
+def test_missing_required_field_is_422(http: TestClient, container: Container, api_key: str) -> None:
+    body = payload()
+    del body["support_info"]
+    assert_problem(post(http, api_key, body), 422, field="support_info")
+    assert row_counts(container) == NOTHING_WRITTEN
+
+
+@pytest.mark.parametrize(
+    ("recipient_id", "detail"),
+    [("19121212-1213", "check digit"), ("1912121212", "check digit"), ("tolvan", "10 or 12 digits")],
+)
+def test_invalid_personnummer_is_422_on_recipient_id(
+    http: TestClient, container: Container, api_key: str, recipient_id: str, detail: str
+) -> None:
+    body = payload()
+    body["recipient"]["id"] = recipient_id
+    assert_problem(post(http, api_key, body), 422, field="recipient.id", detail=detail)
+    assert row_counts(container) == NOTHING_WRITTEN
+
+
+def test_subject_of_256_characters_is_422(http: TestClient, container: Container, api_key: str) -> None:
+    r = post(http, api_key, payload(subject="å" * 256))
+    assert_problem(r, 422, field="subject", detail="255")
+    assert row_counts(container) == NOTHING_WRITTEN
+
+
+def test_subject_of_255_characters_is_accepted(http: TestClient, container: Container, api_key: str) -> None:
+    r = post(http, api_key, payload(subject="å" * 255))
+    assert r.status_code == 202, r.text
+    assert row_counts(container) == {"shipments": 1, "shipment_events": 1, "work_items": 1}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [PNG, b"Hej, det h\xc3\xa4r \xc3\xa4r ingen PDF.\n", b"%PDF-1.7\nnot really a pdf\n%%EOF\n"],
+    ids=["png", "text", "pdf-header-only"],
+)
+def test_attachment_that_is_not_a_pdf_is_422(
+    http: TestClient, container: Container, api_key: str, content: bytes
+) -> None:
+    r = post(http, api_key, payload(attachments=[{"filename": "beslut.pdf", "content_base64": b64(content)}]))
+    assert_problem(r, 422, field="attachments[0]", detail="PDF")
+    assert row_counts(container) == NOTHING_WRITTEN
+
+
+def test_second_attachment_is_named_by_its_index(
+    http: TestClient, container: Container, api_key: str
+) -> None:
+    attachments = [
+        {"filename": "beslut.pdf", "content_base64": b64(PDF)},
+        {"filename": "bild.png", "content_base64": b64(PNG)},
+    ]
+    assert_problem(post(http, api_key, payload(attachments=attachments)), 422, field="attachments[1]")
+    assert row_counts(container) == NOTHING_WRITTEN
+
+
+def test_attachment_over_the_size_limit_is_422(make_container: MakeContainer) -> None:
+    container = make_container(limits={"max_attachment_bytes": len(PDF)})
+    key = container.clients.add("case-system-a", [SANDBOX_SENDER_KEY]).api_key
+    bigger = make_pdf("Bilaga", pages=3)
+    assert len(bigger) > len(PDF)
+    with TestClient(create_app(container)) as http:
+        r = post(http, key, payload(attachments=[{"filename": "stor.pdf", "content_base64": b64(bigger)}]))
+        assert_problem(r, 422, field="attachments[0]", detail=f"the limit is {len(PDF)}")
+        assert row_counts(container) == NOTHING_WRITTEN
+        # Exactly at the limit is fine.
+        assert post(http, key, payload(), idempotency_key="idem-2").status_code == 202
+
+
+@pytest.mark.parametrize("encoded", ["not base64!", "JVBERi0", b64(PDF)[:-1] + "*"])
+def test_bad_base64_is_422(http: TestClient, container: Container, api_key: str, encoded: str) -> None:
+    r = post(http, api_key, payload(attachments=[{"filename": "beslut.pdf", "content_base64": encoded}]))
+    assert_problem(r, 422, field="attachments[0].content_base64", detail="base64")
+    assert row_counts(container) == NOTHING_WRITTEN
+
+
+def test_attachment_of_another_content_type_is_422(
+    http: TestClient, container: Container, api_key: str
+) -> None:
+    attachment = {"filename": "bild.png", "content_type": "image/png", "content_base64": b64(PNG)}
+    assert_problem(
+        post(http, api_key, payload(attachments=[attachment])), 422, field="attachments[0].content_type"
+    )
+    assert row_counts(container) == NOTHING_WRITTEN
+
+
+@pytest.mark.parametrize("idempotency_key", [None, ""])
+def test_missing_idempotency_key_is_400(
+    http: TestClient, container: Container, api_key: str, idempotency_key: str | None
+) -> None:
+    r = post(http, api_key, payload(), idempotency_key=idempotency_key)
+    if idempotency_key is None:
+        assert_problem(r, 400, field="Idempotency-Key", detail="required")
+    else:
+        assert_problem(r, 422, field="Idempotency-Key", detail="at least 1")
+    assert row_counts(container) == NOTHING_WRITTEN
+
+
+def test_idempotency_key_over_255_characters_is_refused(
+    http: TestClient, container: Container, api_key: str
+) -> None:
+    r = post(http, api_key, payload(), idempotency_key="k" * 256)
+    assert_problem(r, 422, field="Idempotency-Key", detail="255")
+    assert row_counts(container) == NOTHING_WRITTEN
+
+
+def test_body_too_long_is_422(make_container: MakeContainer) -> None:
+    container = make_container(limits={"max_body_chars": 10})
+    key = container.clients.add("case-system-a", [SANDBOX_SENDER_KEY]).api_key
+    with TestClient(create_app(container)) as http:
+        r = post(http, key, payload(body={"content_type": "text/plain", "content": "x" * 11}))
+        assert_problem(r, 422, field="body.content", detail="10 characters")
+        assert row_counts(container) == NOTHING_WRITTEN
+
+
+def test_request_over_the_body_limit_is_413(make_container: MakeContainer) -> None:
+    container = make_container(limits={"max_total_attachment_bytes": 1000})
+    key = container.clients.add("case-system-a", [SANDBOX_SENDER_KEY]).api_key
+    with TestClient(create_app(container)) as http:
+        r = http.post(
+            "/v1/shipments",
+            content=b"{" + b" " * (2 * 1024 * 1024) + b"}",
+            headers={**headers(key), "Content-Type": "application/json"},
+        )
+        assert_problem(r, 413, detail="limit")
+        assert row_counts(container) == NOTHING_WRITTEN
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_db_http(
+    request: pytest.FixtureRequest, make_container: MakeContainer
+) -> Iterator[tuple[Container, str, TestClient]]:
+    url = None if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    container = make_container(database_url=url)
+    key = container.clients.add("case-system-a", [SANDBOX_SENDER_KEY]).api_key
+    with TestClient(create_app(container)) as http:
+        yield container, key, http
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"subject": "Beslut\x00"}, "subject"),
+        ({"case_reference": "BN\x1b[31m 2026/42"}, "case_reference"),
+        ({"body": {"content_type": "text/plain", "content": "Hej\x00"}}, "body.content"),
+        ({"support_info": {"text": "Ring\x07 oss"}}, "support_info.text"),
+    ],
+)
+def test_control_characters_are_422_on_every_database(
+    any_db_http: tuple[Container, str, TestClient], change: dict[str, Any], field: str
+) -> None:
+    # PostgreSQL cannot store NUL (it was a 500 there, a 202 on SQLite), and XML 1.0 allows no C0 control.
+    container, key, http = any_db_http
+    r = post(http, key, payload(**change))
+    assert_problem(r, 422, field=field, detail="control characters")
+    assert row_counts(container) == NOTHING_WRITTEN
+
+
+def test_tabs_and_line_breaks_are_fine(http: TestClient, api_key: str) -> None:
+    r = post(http, api_key, payload(body={"content_type": "text/plain", "content": "Hej!\r\n\tRad två\n"}))
+    assert r.status_code == 202, r.text
+
+
+def test_an_unknown_address_or_method_is_a_problem_too(http: TestClient, api_key: str) -> None:
+    assert_problem(http.get("/v1/nothing-here", headers=headers(api_key)), 404)
+    assert_problem(http.delete("/v1/shipments", headers=headers(api_key)), 405)
