@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from kanalvaxel.entrypoints.api.errors import PROBLEM
 from kanalvaxel.entrypoints.cli import openapi_text
 
@@ -74,11 +72,6 @@ def test_cli_error_is_one_line_on_stderr(tmp_path: Path, dev_certs: Path) -> Non
     assert done.stderr.splitlines()[-1] == "kanalvaxel: error: no active client named 'nobody'"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.setup_logging lets alembic's INFO lines ('Context impl SQLiteImpl.', ...) reach stderr on "
-    "every command that migrates; cli.py is outside this suite's remit",
-)
 def test_cli_error_is_the_only_line_on_stderr(tmp_path: Path, dev_certs: Path) -> None:
     done = _run_cli(tmp_path, dev_certs, "clients", "revoke", "nobody")
     assert done.returncode != 0

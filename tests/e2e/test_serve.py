@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import free_port, pdftotext, process_env, start, wait_for
+from tests.e2e.conftest import KANALVAXEL, free_port, pdftotext, process_env, start, wait_for
 from tests.integration.conftest import make_pdf
 
 pytestmark = pytest.mark.slow
@@ -90,6 +91,67 @@ def test_a_letter_posted_over_http_ends_in_a_closed_vendor_batch(
         assert "123 45 Småstad" in text
         assert "Bilaga sida 1" in text
         assert "19121212" not in (batch / "manifest.csv").read_text()
+        # `kanalvaxel send` is the by-hand path through the same API: one letter from files.
+        attachment = tmp_path / "bilaga.pdf"
+        attachment.write_bytes(make_pdf("Handskickad"))
+        sent = subprocess.run(
+            [
+                *KANALVAXEL,
+                "send",
+                "--url",
+                base,
+                "--api-key",
+                key,
+                "--to",
+                "19121212-1212",
+                "--subject",
+                "Hej",
+                "--name",
+                "Tolvan Tolvansson",
+                "--address",
+                "Storgatan 1",
+                "--postal-code",
+                "123 45",
+                "--city",
+                "Småstad",
+                "--attach",
+                str(attachment),
+                "--wait",
+            ],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert sent.returncode == 0, sent.stderr
+        assert "state: DELIVERED" in sent.stdout
+        refused = subprocess.run(
+            [
+                *KANALVAXEL,
+                "send",
+                "--url",
+                base,
+                "--api-key",
+                key,
+                "--to",
+                "19121212-1213",
+                "--subject",
+                "Hej",
+            ],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert refused.returncode != 0
+        assert refused.stderr.strip().startswith("kanalvaxel: error:")
+        assert len(refused.stderr.strip().splitlines()) == 1
+        assert "recipient.id" in refused.stderr
+
         # The service's log lines (not the start-up banner's example) never carry a personnummer.
         log_lines = [line for line in log.read_text().splitlines() if " INFO " in line or " WARNING " in line]
         assert log_lines

@@ -45,6 +45,8 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Alembic narrates every migration at INFO; on the command line only its problems are news.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
 
 
 def _settings() -> Settings:
