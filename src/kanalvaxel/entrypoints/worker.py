@@ -13,7 +13,6 @@ import threading
 from datetime import timedelta
 
 from kanalvaxel.bootstrap import Container
-from kanalvaxel.ports import LeaseLostError
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +85,6 @@ class Worker:
         while not self._stop.is_set():
             try:
                 worked = self.run_once(thread_name)
-            except LeaseLostError:
-                worked = 1
             except Exception:
                 log.exception("worker loop error; backing off")
                 worked = 0

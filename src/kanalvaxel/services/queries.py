@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from kanalvaxel.domain.errors import ForbiddenError, NotFoundError, ValidationError
 from kanalvaxel.domain.model import Letter
-from kanalvaxel.domain.rules import MailboxLookup, Policy, decide
+from kanalvaxel.domain.rules import Policy, decide
 from kanalvaxel.ports import AttemptRecord, ClientRecord, Clock, EventRecord, SenderInfo, ShipmentRecord
 from kanalvaxel.services import UowFactory
 from kanalvaxel.services.codec import decision_to_json
@@ -44,7 +44,7 @@ class ShipmentQueries:
                 raise NotFoundError(f"no shipment {shipment_id}")
             return ShipmentView(shp, uow.events(shipment_id), uow.attempts(shipment_id))
 
-    def precheck(self, client: ClientRecord, letter: Letter) -> tuple[dict[str, object], MailboxLookup]:
+    def precheck(self, client: ClientRecord, letter: Letter) -> dict[str, object]:
         """Which channel a letter like this would take now, and why. Creates nothing."""
         sender = self._senders.get(letter.sender)
         if sender is None:
@@ -54,4 +54,4 @@ class ShipmentQueries:
         now = self._clock.now()
         facts = self._facts.gather(letter, sender, now)
         decision = decide(letter, facts, self._policy, now)
-        return decision_to_json(decision, facts.mailbox), facts.mailbox
+        return decision_to_json(decision, facts.mailbox)

@@ -61,7 +61,7 @@ def precheck(
             protected_identity=protected_identity,
         ),
     )
-    decision, _mailbox = c.queries.precheck(client, letter)
+    decision = c.queries.precheck(client, letter)
     out = decision_out(decision)
     assert out is not None
     channels = decision["channels"]
