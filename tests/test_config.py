@@ -63,6 +63,7 @@ def test_production_refuses_certificates_from_certs_dev(dev_certs: Path) -> None
             environment="production",
             dev_certs_dir=str(dev_certs),
             senders=[_production_sender(dev_certs / "sender.pem", dev_certs / "sender.key")],
+            mina_meddelanden={"enabled": False},
         )
 
 
@@ -78,6 +79,7 @@ def test_production_refuses_a_development_certificate_copied_elsewhere(
             environment="production",
             dev_certs_dir=str(dev_certs),
             senders=[_production_sender(elsewhere / "signing.pem", elsewhere / "signing.key")],
+            mina_meddelanden={"enabled": False},
         )
 
 
@@ -87,3 +89,52 @@ def test_production_needs_a_sender_and_refuses_failpoints() -> None:
     assert load_settings(worker={"failpoints": {"after_send": 1}}).worker.failpoints == {"after_send": 1}
     with pytest.raises(ConfigurationError, match="failpoints"):
         load_settings(environment="production", worker={"failpoints": {"after_send": 1}})
+
+
+def _production_mm(certs: Path, prod: Path) -> dict[str, object]:
+    return {
+        "far_url": "https://far.example.se/Recipient/v3",
+        "client_certificate": str(prod / "client.pem"),
+        "client_key": str(prod / "client.key"),
+        "ca_bundle": str(prod / "ca.pem"),
+        "seal_certificate": str(prod / "seal.pem"),
+        "seal_key": str(prod / "seal.key"),
+        "relay_client_certificate": str(prod / "client.pem"),
+        "relay_client_key": str(prod / "client.key"),
+        "operator_ca_bundle": str(prod / "ca.pem"),
+        "trust_anchors": [str(certs / "ca.pem")],
+    }
+
+
+def test_production_digital_mail_names_every_missing_setting(tmp_path: Path) -> None:
+    sender = _production_sender(tmp_path / "s.pem", tmp_path / "s.key")
+    with pytest.raises(ConfigurationError) as err:
+        load_settings(environment="production", senders=[sender], mina_meddelanden={"far_url": "https://x"})
+    message = str(err.value)
+    for name in ("client_certificate", "ca_bundle", "seal_key", "operator_ca_bundle", "trust_anchors"):
+        assert f"mina_meddelanden.{name}" in message
+    assert "far_url" not in message
+
+
+def test_production_refuses_the_development_ca_as_a_trust_anchor(dev_certs: Path, tmp_path: Path) -> None:
+    sender = _production_sender(tmp_path / "s.pem", tmp_path / "s.key")
+    with pytest.raises(ConfigurationError, match=r"trust_anchors\[0\].*development certificate"):
+        load_settings(
+            environment="production",
+            dev_certs_dir=str(dev_certs),
+            senders=[sender],
+            mina_meddelanden=_production_mm(dev_certs, tmp_path),
+        )
+
+
+def test_remote_relay_needs_its_url() -> None:
+    with pytest.raises(ConfigurationError, match="relay_url"):
+        load_settings(mina_meddelanden={"relay": "remote"})
+
+
+def test_sandbox_fills_digital_mail_with_development_certificates(dev_certs: Path) -> None:
+    mm = load_settings(dev_certs_dir=str(dev_certs)).mina_meddelanden
+    assert mm.enabled and mm.relay == "embedded" and mm.far_url is None
+    assert mm.seal_certificate == dev_certs / "relay.pem"
+    assert mm.client_certificate == dev_certs / "client.pem"
+    assert mm.trust_anchors == (dev_certs / "ca.pem",)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from importlib.resources import files
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
@@ -29,6 +30,9 @@ from kanalvaxel.services.facts import FactsGatherer
 from kanalvaxel.services.intake import IntakeService
 from kanalvaxel.services.print_batches import BatchLimits, PrintBatchCloser
 from kanalvaxel.services.queries import ShipmentQueries
+
+if TYPE_CHECKING:
+    from kanalvaxel.adapters.digital_mail import DigitalMail
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,8 @@ class Container:
     queries: ShipmentQueries
     printing: PrintBatchCloser | None
     dispatch_settings: DispatchSettings = field(default_factory=DispatchSettings)
+    #: Digital mail: the embedded relay (its delivery worker runs beside ours) and the sandbox simulators.
+    digital_mail: DigitalMail | None = None
 
     def dispatcher(self, worker_name: str) -> Dispatcher:
         return Dispatcher(
@@ -82,11 +88,17 @@ class Container:
         migrate.upgrade(self.engine)
 
     def close(self) -> None:
+        if self.digital_mail is not None:
+            self.digital_mail.close()
         self.engine.dispose()
 
 
-def build(settings: Settings, *, clock: Clock | None = None) -> Container:
-    """Wire everything from settings. Raises ConfigurationError for settings that cannot work."""
+def build(settings: Settings, *, clock: Clock | None = None, outside_world: bool = True) -> Container:
+    """Wire everything from settings. Raises ConfigurationError for settings that cannot work.
+
+    `outside_world=False` is for commands that never send (migrate, clients, openapi): digital mail is then
+    left unconfigured, and no simulator is started.
+    """
     clock = clock or SystemClock()
     policy = load_configured_policy(settings)
     engine = make_engine(settings.database.url, echo=settings.database.echo)
@@ -122,7 +134,17 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
         )
     else:
         unavailable[Channel.PRINT] = "utskrift är avstängd"
-    facts = FactsGatherer(register=None, certificates=None, unavailable=unavailable)
+    digital_mail: DigitalMail | None = None
+    if settings.mina_meddelanden.enabled and outside_world:
+        # Imported here: commands that never send need neither zeep nor the relay.
+        from kanalvaxel.adapters.digital_mail import build_digital_mail
+
+        digital_mail = build_digital_mail(settings)
+        channels[Channel.MINA_MEDDELANDEN] = digital_mail.channel
+        del unavailable[Channel.MINA_MEDDELANDEN]
+    facts = FactsGatherer(
+        register=digital_mail.register if digital_mail else None, certificates=None, unavailable=unavailable
+    )
     w = settings.worker
     limits = settings.limits
     return Container(
@@ -148,6 +170,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
         clients=ClientService(uow, clock, senders.keys()),
         queries=ShipmentQueries(uow, clock, policy, senders, facts),
         printing=printing,
+        digital_mail=digital_mail,
         dispatch_settings=DispatchSettings(
             max_attempts_per_channel=w.max_attempts_per_channel,
             backoff_base=timedelta(seconds=w.backoff_base_seconds),

@@ -88,6 +88,56 @@ class LimitSettings(_Strict):
     max_body_chars: int = Field(default=200_000, ge=1)
 
 
+class MinaMeddelandenSettings(_Strict):
+    """Digital mail: FaR lookups by kanalväxel itself, and the relay (förmedlare) it hands deliveries to.
+
+    In the sandbox every path and URL left empty is filled in: the FaR and mailbox-operator simulators are
+    started in this process, the relay runs embedded, and the development certificates are used.
+    """
+
+    enabled: bool = True
+    #: FaR Recipient v3 endpoint. Empty in the sandbox = the FaR simulator this process starts.
+    far_url: str | None = None
+    #: Mutual TLS towards FaR (and a remote relay): our client certificate and the CAs we trust.
+    client_certificate: Path | None = None
+    client_key: Path | None = None
+    ca_bundle: Path | None = None
+    far_cache_ttl_seconds: int = Field(default=300, ge=0)
+    far_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    far_read_timeout_seconds: float = Field(default=30.0, gt=0)
+    #: "embedded": our formedlare runs inside this process; "remote": distributeSecure to `relay_url`.
+    relay: Literal["embedded", "remote"] = "embedded"
+    relay_url: str | None = None
+    #: Embedded relay only: its own buffer database, seal identity, whom it trusts and how it reaches operators.
+    #: Empty = a SQLite file formedlare.db in var_dir.
+    relay_database_url: str | None = None
+    seal_certificate: Path | None = None
+    seal_key: Path | None = None
+    seal_key_password: SecretStr | None = None
+    trust_anchors: tuple[Path, ...] = ()
+    relay_client_certificate: Path | None = None
+    relay_client_key: Path | None = None
+    operator_ca_bundle: Path | None = None
+    relay_threads: int = Field(default=2, ge=1, le=64)
+    operator_concurrency: int = Field(default=4, ge=1, le=256)
+    #: Accept RSA-SHA1 signatures when verifying (real senders and operators still produce them).
+    allow_sha1: bool = True
+    #: How often to ask the relay about a handed-over letter (grows with its age, up to the maximum).
+    status_poll_seconds: float = Field(default=5.0, gt=0)
+    status_poll_max_seconds: float = Field(default=600.0, gt=0)
+
+
+class SandboxSettings(_Strict):
+    """Simulators of the outside world, started in this process (sandbox environment only)."""
+
+    simulators: bool = True
+    #: FaR simulator registry (TOML); empty = the built-in sandbox registry (see the README).
+    far_registry: Path | None = None
+    far_port: int = Field(default=0, ge=0, le=65535)
+    kivra_port: int = Field(default=0, ge=0, le=65535)
+    mmp_port: int = Field(default=0, ge=0, le=65535)
+
+
 class ApiSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -110,6 +160,8 @@ class Settings(BaseSettings):
     print: PrintSettings = PrintSettings()
     limits: LimitSettings = LimitSettings()
     api: ApiSettings = ApiSettings()
+    mina_meddelanden: MinaMeddelandenSettings = MinaMeddelandenSettings()
+    sandbox: SandboxSettings = SandboxSettings()
     #: True when nothing was configured: the loud warning at start-up says so.
     embedded_defaults: bool = False
 
@@ -129,11 +181,39 @@ class Settings(BaseSettings):
         keys = [s.key for s in self.senders]
         if len(keys) != len(set(keys)):
             raise ValueError("senders: each sender identity needs its own key")
+        mm = self.mina_meddelanden
+        if mm.enabled and mm.relay == "remote" and not mm.relay_url:
+            raise ValueError("mina_meddelanden.relay = remote needs mina_meddelanden.relay_url")
         if self.environment == "production":
             if self.worker.failpoints:
                 raise ValueError("worker.failpoints are for tests and are refused in production")
             if not self.senders:
                 raise ValueError("production needs at least one configured sender identity")
+            if mm.enabled:
+                missing = [
+                    name
+                    for name in ("far_url", "client_certificate", "client_key", "ca_bundle")
+                    if getattr(mm, name) is None
+                ]
+                if mm.relay == "embedded":
+                    missing += [
+                        name
+                        for name in (
+                            "seal_certificate",
+                            "seal_key",
+                            "relay_client_certificate",
+                            "relay_client_key",
+                            "operator_ca_bundle",
+                        )
+                        if getattr(mm, name) is None
+                    ]
+                    if not mm.trust_anchors:
+                        missing.append("trust_anchors")
+                if missing:
+                    raise ValueError(
+                        "production with mina_meddelanden enabled needs mina_meddelanden."
+                        + ", mina_meddelanden.".join(missing)
+                    )
         return self
 
     @classmethod
@@ -183,15 +263,29 @@ def check_production(settings: Settings) -> None:
     """Refuse what must never run in production: development certificates and the sandbox."""
     if settings.environment != "production":
         return
+    named: list[tuple[str, Path | None]] = []
     for sender in settings.senders:
-        for path in (sender.signing_certificate, sender.signing_key, sender.pkcs12):
-            if path is not None and (
-                path.resolve().is_relative_to(settings.dev_certs_dir.resolve())
-                or (path.suffix in (".pem", ".crt") and _is_dev_certificate(path, settings.dev_certs_dir))
-            ):
-                raise ConfigurationError(
-                    f"senders[{sender.key}]: {path} is a development certificate; production refuses it"
-                )
+        for attr in ("signing_certificate", "signing_key", "pkcs12"):
+            named.append((f"senders[{sender.key}].{attr}", getattr(sender, attr)))
+    mm = settings.mina_meddelanden
+    for attr in (
+        "client_certificate",
+        "client_key",
+        "ca_bundle",
+        "seal_certificate",
+        "seal_key",
+        "relay_client_certificate",
+        "relay_client_key",
+        "operator_ca_bundle",
+    ):
+        named.append((f"mina_meddelanden.{attr}", getattr(mm, attr)))
+    named += [(f"mina_meddelanden.trust_anchors[{i}]", p) for i, p in enumerate(mm.trust_anchors)]
+    for where, path in named:
+        if path is not None and (
+            path.resolve().is_relative_to(settings.dev_certs_dir.resolve())
+            or (path.suffix in (".pem", ".crt") and _is_dev_certificate(path, settings.dev_certs_dir))
+        ):
+            raise ConfigurationError(f"{where}: {path} is a development certificate; production refuses it")
     if settings.is_sqlite:
         logging.getLogger(__name__).warning(
             "production on SQLite: fine for one small installation, but PostgreSQL is what we test for scale"
@@ -235,7 +329,29 @@ def load_settings(**overrides: object) -> Settings:
                 )
             }
         )
+    if settings.is_sandbox:
+        settings = settings.model_copy(update={"mina_meddelanden": _sandbox_mm(settings)})
     if not configured and not overrides:
         settings = settings.model_copy(update={"embedded_defaults": True})
     check_production(settings)
     return settings
+
+
+def _sandbox_mm(settings: Settings) -> MinaMeddelandenSettings:
+    """Fill what the sandbox leaves empty with the development certificates."""
+    mm = settings.mina_meddelanden
+    certs = settings.dev_certs_dir
+    defaults: dict[str, object] = {
+        "client_certificate": certs / "client.pem",
+        "client_key": certs / "client.key",
+        "ca_bundle": certs / "ca.pem",
+        "seal_certificate": certs / "relay.pem",
+        "seal_key": certs / "relay.key",
+        "relay_client_certificate": certs / "relay-client.pem",
+        "relay_client_key": certs / "relay-client.key",
+        "operator_ca_bundle": certs / "ca.pem",
+    }
+    update = {k: v for k, v in defaults.items() if getattr(mm, k) is None}
+    if not mm.trust_anchors:
+        update["trust_anchors"] = (certs / "ca.pem",)
+    return mm.model_copy(update=update)

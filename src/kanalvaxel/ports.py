@@ -9,7 +9,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from kanalvaxel.domain.identity import RecipientId
 from kanalvaxel.domain.model import Attachment, Channel, Letter
@@ -72,6 +72,22 @@ class ChannelAdapter(Protocol):
     channel: Channel
 
     def send(self, job: DeliveryJob) -> DeliveryOutcome: ...
+
+
+@runtime_checkable
+class FollowUpChannel(ChannelAdapter, Protocol):
+    """A channel that hands a letter over and learns the final result later (the relay).
+
+    `follow_up` asks how a handed-over letter is doing, given the `external_ref` its `send` returned:
+    DELIVERED (data may name the mailbox operator), FAILED (for good: the dispatcher goes on to the next
+    channel), HANDED_OVER (still on its way: ask again later) or RETRY (could not ask now). It never raises
+    and may be called any number of times. `follow_up_after` says when to ask next, from how long ago the
+    letter was handed over.
+    """
+
+    def follow_up(self, shipment_id: str, external_ref: str) -> DeliveryOutcome: ...
+
+    def follow_up_after(self, handed_over_for: timedelta) -> timedelta: ...
 
 
 class RecipientRegister(Protocol):

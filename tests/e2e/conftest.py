@@ -30,6 +30,8 @@ def process_env(database_url: str, tmp_path: Path, dev_certs: Path, **extra: str
             "KANALVAXEL_DEV_CERTS_DIR": str(dev_certs),
             "KANALVAXEL_WORKER__POLL_INTERVAL_SECONDS": "0.1",
             "KANALVAXEL_LOG_LEVEL": "INFO",
+            # Digital mail only where a test turns it on (test_mina_meddelanden.py).
+            "KANALVAXEL_MINA_MEDDELANDEN__ENABLED": "false",
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -71,12 +71,13 @@ def _warn_defaults(settings: Settings) -> None:
         log.warning(banner)
 
 
-def _prepare(settings: Settings) -> Container:
+def _prepare(settings: Settings, *, outside_world: bool = False) -> Container:
+    """Build the container; `outside_world` for commands that send (it starts the sandbox simulators)."""
     if settings.is_sandbox:
         from kanalvaxel.devcerts import ensure_dev_certs
 
         ensure_dev_certs(settings.dev_certs_dir)
-    container = build(settings)
+    container = build(settings, outside_world=outside_world)
     migrate_on_start = settings.database.migrate_on_start
     if migrate_on_start or (migrate_on_start is None and settings.is_sandbox):
         container.migrate()
@@ -138,7 +139,7 @@ def serve(
 
     settings = _settings()
     _warn_defaults(settings)
-    container = _prepare(settings)
+    container = _prepare(settings, outside_world=True)
     worker = Worker(container) if embedded_worker else None
     app_ = create_app(
         container,
@@ -172,7 +173,7 @@ def worker() -> None:
     signal.signal(signal.SIGINT, _stop)
     settings = _settings()
     _warn_defaults(settings)
-    container = _prepare(settings)
+    container = _prepare(settings, outside_world=True)
     w = Worker(container)
     if done.is_set():
         container.close()
@@ -188,7 +189,7 @@ def worker() -> None:
 def migrate() -> None:
     """Apply database migrations (production runs this before starting)."""
     settings = _settings()
-    container = build(settings)
+    container = build(settings, outside_world=False)
     container.migrate()
     print("database is at the latest schema")
 
@@ -318,7 +319,7 @@ def openapi_text() -> str:
     from kanalvaxel.entrypoints.api.app import create_app
 
     settings = load_settings(database={"url": "sqlite://"})
-    container = build(settings)
+    container = build(settings, outside_world=False)
     try:
         doc = create_app(container).openapi()
     finally:

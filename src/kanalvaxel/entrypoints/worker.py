@@ -43,11 +43,15 @@ class Worker:
             t = threading.Thread(target=self._ticker, name="print-batches", daemon=True)
             t.start()
             self._threads.append(t)
+        if self._c.digital_mail is not None:
+            self._c.digital_mail.start_relay_worker(self._c.settings.mina_meddelanden.relay_threads)
         log.info("worker %s started with %d threads", self.name, self._count)
 
     def stop(self, grace: float | None = None) -> None:
         """Ask every thread to stop and wait up to `grace` seconds for the ones sending."""
         self._stop.set()
+        if self._c.digital_mail is not None:
+            self._c.digital_mail.stop_relay_worker()
         wait = self._c.settings.worker.shutdown_grace_seconds if grace is None else grace
         for t in self._threads:
             t.join(timeout=wait)

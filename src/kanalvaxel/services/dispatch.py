@@ -25,6 +25,7 @@ from kanalvaxel.ports import (
     DeliveryJob,
     DeliveryOutcome,
     EventRecord,
+    FollowUpChannel,
     LeaseLostError,
     OutcomeKind,
     PrintBatchRecord,
@@ -118,6 +119,10 @@ class Dispatcher:
             self._give_up(
                 claim, shp, f"Avsändaridentiteten {shp.sender_key!r} finns inte längre i inställningarna."
             )
+            return
+
+        if shp.state == ShipmentState.HANDED_OVER.value:
+            self._follow_up(claim, shp)
             return
 
         mailbox: MailboxLookup | None
@@ -295,7 +300,14 @@ class Dispatcher:
                     if self._printing is not None and self._printing.is_full(batch):
                         close_batch = batch.id
                 else:
-                    shp.result = {"channel": channel.value, **outcome.data}
+                    shp.result = {
+                        "channel": channel.value,
+                        **outcome.data,
+                        "external_ref": outcome.external_ref,
+                        "handed_over_at": now.isoformat(),
+                    }
+                    if isinstance(adapter := self._channels.get(channel), FollowUpChannel):
+                        uow.enqueue(shp.id, now + adapter.follow_up_after(timedelta(0)), now)
                 self._move(uow, shp, ShipmentState.HANDED_OVER)
                 uow.save_shipment(shp)
                 uow.add_event(
@@ -307,6 +319,52 @@ class Dispatcher:
             uow.commit()
         if close_batch is not None and self._printing is not None:
             self._printing.close(close_batch)
+
+    def _follow_up(self, claim: Claim, shp: ShipmentRecord) -> None:
+        """Ask the channel that took the letter how it went; record the end or ask again later."""
+        result = shp.result or {}
+        channel = Channel(str(shp.channel))
+        adapter = self._channels.get(channel)
+        ref = result.get("external_ref")
+        if not isinstance(adapter, FollowUpChannel) or not isinstance(ref, str) or shp.decision is None:
+            # Nothing can report on it any more (e.g. the channel was switched off): leave it handed over,
+            # visible as such, rather than guess.
+            with self._uow() as uow:
+                uow.complete(claim, self._clock.now())
+                uow.commit()
+            log.warning("shipment %s is handed over to %s, which cannot be followed up", shp.id, channel)
+            return
+        outcome = adapter.follow_up(shp.id, ref)
+        now = self._clock.now()
+        decision, _ = decision_from_json(shp.decision)
+        handed_over_at = datetime.fromisoformat(str(result.get("handed_over_at") or shp.updated_at.isoformat()))
+        with self._uow() as uow:
+            uow.complete(claim, now)
+            details: dict[str, object] = {"external_ref": ref, **outcome.data}
+            if outcome.kind is OutcomeKind.DELIVERED:
+                self._move(uow, shp, ShipmentState.DELIVERED)
+                shp.finished_at = now
+                shp.updated_at = now
+                shp.result = {**result, **outcome.data, "delivered_at": now.isoformat()}
+                uow.save_shipment(shp)
+                uow.add_event(
+                    shp.id,
+                    EventRecord(
+                        now,
+                        EventType.DELIVERED.value,
+                        f"Levererad: {_name(channel)}. {outcome.detail}",
+                        shp.state,
+                        channel.value,
+                        details,
+                    ),
+                )
+            elif outcome.kind is OutcomeKind.FAILED:
+                shp.updated_at = now
+                self._fall_back(uow, shp, decision, channel, outcome.detail, now, details)
+            else:
+                wait = outcome.retry_after or adapter.follow_up_after(now - handed_over_at)
+                uow.enqueue(shp.id, now + wait, now)
+            uow.commit()
 
     def _assign_print(
         self,
