@@ -328,3 +328,70 @@ def test_a_crash_looping_item_is_given_up_with_a_reason(
     state, _, events, _ = view(container, sid)
     assert state == "FAILED"
     assert events[-1] == "FAILED"
+
+
+class RelayLikeChannel(ScriptedChannel):
+    """Hands over on send; answers follow-ups from its own script (a fake of the FollowUpChannel port)."""
+
+    def __init__(self, follow_ups: Sequence[OutcomeKind]) -> None:
+        super().__init__(Channel.MINA_MEDDELANDEN, [OutcomeKind.HANDED_OVER])
+        self.follow_ups = list(follow_ups)
+        self.asked: list[str] = []
+
+    def follow_up(self, shipment_id: str, external_ref: str) -> DeliveryOutcome:
+        self.asked.append(external_ref)
+        kind = self.follow_ups.pop(0)
+        data = {"operator_name": "Kivra (simulator)"} if kind is OutcomeKind.DELIVERED else {}
+        return DeliveryOutcome(kind, f"uppföljning: {kind.value}", external_ref, data=data)
+
+    def follow_up_after(self, handed_over_for: timedelta) -> timedelta:
+        return timedelta(seconds=10)
+
+
+def _digital(container: Container, channel: RelayLikeChannel) -> Dispatcher:
+    box = Mailbox(True, False, True, "165568402266", "Kivra (simulator)", "https://127.0.0.1:1/service/v3")
+    register = FakeRegister(lambda: MailboxLookup(LookupState.ANSWERED, box))
+    return dispatcher(container, {Channel.MINA_MEDDELANDEN: channel}, register)
+
+
+def test_a_handed_over_letter_is_followed_up_until_the_relay_reports_delivery(
+    container: Container, client: ClientRecord, clock: ManualClock
+) -> None:
+    relay = RelayLikeChannel([OutcomeKind.HANDED_OVER, OutcomeKind.RETRY, OutcomeKind.DELIVERED])
+    d = _digital(container, relay)
+    sid = submit(container, client)
+    run_due(container, d)
+    assert view(container, sid)[0] == "HANDED_OVER"
+    assert relay.asked == []  # not before the follow-up is due
+    for expected in ("HANDED_OVER", "HANDED_OVER", "DELIVERED"):
+        clock.advance(seconds=11)
+        assert run_due(container, d) == 1
+        assert view(container, sid)[0] == expected
+    assert relay.asked == ["ref-1"] * 3
+    state, channel, events, attempts = view(container, sid)
+    assert (channel, attempts) == ("mina_meddelanden", [("mina_meddelanden", "HANDED_OVER")])
+    assert events.count("DELIVERED") == 1
+    with container.uow() as uow:
+        shp = uow.shipment(sid)
+        assert shp is not None and shp.result is not None
+        assert shp.result["operator_name"] == "Kivra (simulator)"
+        assert shp.result["external_ref"] == "ref-1"
+    clock.advance(hours=1)
+    assert run_due(container, d) == 0  # nothing more to ask
+
+
+def test_a_relay_that_reports_failure_sends_the_letter_on_to_the_next_channel(
+    container: Container, client: ClientRecord, clock: ManualClock
+) -> None:
+    relay = RelayLikeChannel([OutcomeKind.FAILED])
+    d = _digital(container, relay)
+    sid = submit(container, client, make_letter(email="a@example.se", confidentiality=Confidentiality.PUBLIC))
+    run_due(container, d)
+    clock.advance(seconds=11)
+    run_due(container, d)
+    state, channel, events, _ = view(container, sid)
+    assert channel != "mina_meddelanden"
+    assert "CHANNEL_FAILED" in events
+    with container.uow() as uow:
+        failed = [e for e in uow.events(sid) if e.type == "CHANNEL_FAILED"]
+    assert "uppföljning: FAILED" in failed[0].message
