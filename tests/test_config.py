@@ -134,7 +134,9 @@ def test_remote_relay_needs_its_url() -> None:
 
 def test_sandbox_fills_digital_mail_with_development_certificates(dev_certs: Path) -> None:
     mm = load_settings(dev_certs_dir=str(dev_certs)).mina_meddelanden
-    assert mm.enabled and mm.relay == "embedded" and mm.far_url is None
+    assert mm.enabled
+    assert mm.relay == "embedded"
+    assert mm.far_url is None
     assert mm.seal_certificate == dev_certs / "relay.pem"
     assert mm.client_certificate == dev_certs / "client.pem"
     assert mm.trust_anchors == (dev_certs / "ca.pem",)

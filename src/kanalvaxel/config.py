@@ -108,7 +108,7 @@ class MinaMeddelandenSettings(_Strict):
     #: "embedded": our formedlare runs inside this process; "remote": distributeSecure to `relay_url`.
     relay: Literal["embedded", "remote"] = "embedded"
     relay_url: str | None = None
-    #: Embedded relay only: its own buffer database, seal identity, whom it trusts and how it reaches operators.
+    #: Embedded relay only: its buffer database, seal identity, whom it trusts, how it reaches operators.
     #: Empty = a SQLite file formedlare.db in var_dir.
     relay_database_url: str | None = None
     seal_certificate: Path | None = None

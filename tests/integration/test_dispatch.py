@@ -121,7 +121,7 @@ def test_a_channel_that_fails_for_now_is_retried_after_a_backoff_from_the_stored
     assert second_wait > first_wait
     clock.advance(seconds=second_wait.total_seconds() + 1)
     assert run_due(container, d) == 1
-    state, channel, events, attempts = view(container, sid)
+    _, channel, events, attempts = view(container, sid)
     assert state == "DELIVERED"
     assert attempts == [("email", "RETRY"), ("email", "RETRY"), ("email", "DELIVERED")]
     assert events[-1] == "DELIVERED"
@@ -368,12 +368,13 @@ def test_a_handed_over_letter_is_followed_up_until_the_relay_reports_delivery(
         assert run_due(container, d) == 1
         assert view(container, sid)[0] == expected
     assert relay.asked == ["ref-1"] * 3
-    state, channel, events, attempts = view(container, sid)
+    _, channel, events, attempts = view(container, sid)
     assert (channel, attempts) == ("mina_meddelanden", [("mina_meddelanden", "HANDED_OVER")])
     assert events.count("DELIVERED") == 1
     with container.uow() as uow:
         shp = uow.shipment(sid)
-        assert shp is not None and shp.result is not None
+        assert shp is not None
+        assert shp.result is not None
         assert shp.result["operator_name"] == "Kivra (simulator)"
         assert shp.result["external_ref"] == "ref-1"
     clock.advance(hours=1)
@@ -389,7 +390,7 @@ def test_a_relay_that_reports_failure_sends_the_letter_on_to_the_next_channel(
     run_due(container, d)
     clock.advance(seconds=11)
     run_due(container, d)
-    state, channel, events, _ = view(container, sid)
+    _, channel, events, _ = view(container, sid)
     assert channel != "mina_meddelanden"
     assert "CHANNEL_FAILED" in events
     with container.uow() as uow:

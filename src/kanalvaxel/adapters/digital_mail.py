@@ -37,7 +37,7 @@ class DigitalMail:
     _workers: list[RelayWorker] = field(default_factory=list)
 
     def start_relay_worker(self, threads: int) -> None:
-        """Run the embedded relay's deliveries to mailbox operators in this process (no-op for a remote one)."""
+        """Run the embedded relay's deliveries to operators in this process (no-op for a remote relay)."""
         if self.embedded is None or self._workers:
             return
         from formedlare.worker import RelayWorker
@@ -61,14 +61,17 @@ class DigitalMail:
 
 
 def load_signer(sender: SenderIdentity) -> SigningIdentity | None:
-    password = sender.signing_key_password.get_secret_value().encode() if sender.signing_key_password else None
+    secret = sender.signing_key_password
+    password = secret.get_secret_value().encode() if secret else None
     try:
         if sender.pkcs12 is not None:
             return SigningIdentity.from_pkcs12(sender.pkcs12, password)
         if sender.signing_certificate is not None and sender.signing_key is not None:
             return SigningIdentity.from_pem(sender.signing_certificate, sender.signing_key, password)
     except (OSError, ValueError, FormedlareError) as exc:
-        raise ConfigurationError(f"senders[{sender.key}]: the signing identity cannot be loaded: {exc}") from None
+        raise ConfigurationError(
+            f"senders[{sender.key}]: the signing identity cannot be loaded: {exc}"
+        ) from None
     return None
 
 
@@ -84,7 +87,7 @@ def build_digital_mail(settings: Settings) -> DigitalMail:
     for sender in settings.senders:
         signer = load_signer(sender)
         if signer is None:
-            log.warning("sender %s has no signing certificate: digital mail is not possible for it", sender.key)
+            log.warning("sender %s has no signing certificate: no digital mail for it", sender.key)
             continue
         if signer.organisation_number not in (None, sender.organisation_number):
             raise ConfigurationError(

@@ -130,9 +130,8 @@ class MinaMeddelandenChannel:
             data["operator_id"] = status.operator_id
         if status.state is DistributionState.DELIVERED:
             name = status.operator_name or "brevlådeoperatören"
-            return DeliveryOutcome(
-                OutcomeKind.DELIVERED, f"Levererad till mottagarens brevlåda hos {name}.", external_ref, data=data
-            )
+            detail = f"Levererad till mottagarens brevlåda hos {name}."
+            return DeliveryOutcome(OutcomeKind.DELIVERED, detail, external_ref, data=data)
         if status.state is DistributionState.FAILED:
             return DeliveryOutcome(OutcomeKind.FAILED, status.detail, external_ref, data=data)
         return DeliveryOutcome(OutcomeKind.HANDED_OVER, status.detail, external_ref, data=data)

@@ -337,7 +337,8 @@ class Dispatcher:
         outcome = adapter.follow_up(shp.id, ref)
         now = self._clock.now()
         decision, _ = decision_from_json(shp.decision)
-        handed_over_at = datetime.fromisoformat(str(result.get("handed_over_at") or shp.updated_at.isoformat()))
+        since = result.get("handed_over_at")
+        handed_over_at = datetime.fromisoformat(since) if isinstance(since, str) else shp.updated_at
         with self._uow() as uow:
             uow.complete(claim, now)
             details: dict[str, object] = {"external_ref": ref, **outcome.data}
