@@ -121,7 +121,7 @@ def test_a_channel_that_fails_for_now_is_retried_after_a_backoff_from_the_stored
     assert second_wait > first_wait
     clock.advance(seconds=second_wait.total_seconds() + 1)
     assert run_due(container, d) == 1
-    _, channel, events, attempts = view(container, sid)
+    state, channel, events, attempts = view(container, sid)
     assert state == "DELIVERED"
     assert attempts == [("email", "RETRY"), ("email", "RETRY"), ("email", "DELIVERED")]
     assert events[-1] == "DELIVERED"
