@@ -277,3 +277,18 @@ def test_no_ids_no_call(far: Far) -> None:
     with FarClient(far.settings) as client:
         assert client.is_reachable(SENDER, []) == {}
     assert far.simulator.stats.calls == 0
+
+
+def test_a_failing_chunk_fails_the_lookup_and_good_chunks_stay_cached(far: Far) -> None:
+    ids = [personnummer(n) for n in range(30)]
+    with FarClient(with_settings(far, chunk_size=10, max_concurrency=2, retries=0)) as client:
+        client.is_reachable(SENDER, ids[:10])
+        far.simulator.fail_with("fault")
+        with pytest.raises(FarFaultError):
+            client.is_reachable(SENDER, ids)
+        # The first ten came from the cache; only the other two chunks were asked (and failed).
+        assert far.simulator.stats.ids_per_call == [10, 10, 10]
+        far.simulator.fail_with(None)
+        far.simulator.reset_stats()
+        assert len(client.is_reachable(SENDER, ids)) == 30
+        assert sorted(far.simulator.stats.ids_per_call) == [10, 10]
