@@ -120,6 +120,9 @@ class MinaMeddelandenSettings(_Strict):
     operator_ca_bundle: Path | None = None
     relay_threads: int = Field(default=2, ge=1, le=64)
     operator_concurrency: int = Field(default=4, ge=1, le=256)
+    #: Embedded relay: backoff towards a mailbox operator that fails for now (per operator).
+    relay_backoff_base_seconds: float = Field(default=5.0, ge=0)
+    relay_backoff_max_seconds: float = Field(default=600.0, ge=0)
     #: Accept RSA-SHA1 signatures when verifying (real senders and operators still produce them).
     allow_sha1: bool = True
     #: How often to ask the relay about a handed-over letter (grows with its age, up to the maximum).

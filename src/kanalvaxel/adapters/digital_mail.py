@@ -36,13 +36,13 @@ class DigitalMail:
     world: SandboxWorld | None = None
     _workers: list[RelayWorker] = field(default_factory=list)
 
-    def start_relay_worker(self, threads: int) -> None:
+    def start_relay_worker(self, threads: int, idle_seconds: float = 0.5) -> None:
         """Run the embedded relay's deliveries to operators in this process (no-op for a remote relay)."""
         if self.embedded is None or self._workers:
             return
         from formedlare.worker import RelayWorker
 
-        worker = RelayWorker(self.embedded, threads=threads)
+        worker = RelayWorker(self.embedded, threads=threads, idle_seconds=idle_seconds)
         worker.start()
         self._workers.append(worker)
 
@@ -179,5 +179,7 @@ def _embedded_relay(settings: Settings, far_url: str) -> Relay:
         client_key=_need(mm.relay_client_key, "relay_client_key"),
         operator_ca_bundle=_need(mm.operator_ca_bundle, "operator_ca_bundle"),
         operator_concurrency=mm.operator_concurrency,
+        backoff_base_seconds=mm.relay_backoff_base_seconds,
+        backoff_max_seconds=mm.relay_backoff_max_seconds,
     )
     return Relay.from_settings(relay_settings)

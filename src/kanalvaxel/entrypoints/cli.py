@@ -149,6 +149,13 @@ def serve(
     h = host or settings.api.host
     p = port if port is not None else settings.api.port
     url = settings.api.public_url or f"http://{h}:{p}"
+    dm = container.digital_mail
+    if dm is not None and dm.world is not None:
+        # Where the simulators listen (ephemeral ports): for people, and for tests driving a sandbox.
+        described = json.dumps(dm.world.describe(), indent=2, ensure_ascii=False)
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+        (settings.var_dir / "sandbox.json").write_text(described + "\n", encoding="utf-8")
+        print(f"sandbox simulators (also in {settings.var_dir / 'sandbox.json'}):\n{described}", flush=True)
     if settings.is_sandbox:
         key = _sandbox_key(container)
         print(f"\nkanalväxel sandbox is starting at {url}  (OpenAPI: {url}/docs)\n", flush=True)

@@ -44,7 +44,9 @@ class Worker:
             t.start()
             self._threads.append(t)
         if self._c.digital_mail is not None:
-            self._c.digital_mail.start_relay_worker(self._c.settings.mina_meddelanden.relay_threads)
+            self._c.digital_mail.start_relay_worker(
+                self._c.settings.mina_meddelanden.relay_threads, idle_seconds=self._poll
+            )
         log.info("worker %s started with %d threads", self.name, self._count)
 
     def stop(self, grace: float | None = None) -> None:

@@ -1,0 +1,187 @@
+"""Digital mail end to end inside one process: kanalväxel's worker, the embedded relay (formedlare), and the
+FaR and mailbox-operator simulators over real HTTPS with client certificates, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from kanalvaxel.bootstrap import Container, build
+from kanalvaxel.entrypoints.worker import Worker
+from kanalvaxel.ports import ClientRecord
+from kanalvaxel.sandbox.world import SandboxWorld
+from tests.integration.conftest import make_letter, settings_for
+
+KIVRA_RECIPIENT = "197001011233"
+MMP_RECIPIENT = "198112189876"
+PENDING_RECIPIENT = "199001012385"
+OPTED_OUT_RECIPIENT = "197505052386"
+UNKNOWN_RECIPIENT = "200001012384"
+
+
+def mm_settings(db_url: str, tmp_path: Path, dev_certs: Path, **mm: Any) -> Any:
+    relay_db = db_url if db_url.startswith("postgresql") else f"sqlite:///{tmp_path / 'formedlare.db'}"
+    return settings_for(
+        db_url,
+        tmp_path,
+        dev_certs,
+        mina_meddelanden={
+            "enabled": True,
+            "relay_database_url": relay_db,
+            "status_poll_seconds": 0.1,
+            "status_poll_max_seconds": 0.5,
+            "relay_backoff_base_seconds": 0.2,
+            "relay_backoff_max_seconds": 1.0,
+            **mm,
+        },
+        worker={"poll_interval_seconds": 0.05, "backoff_base_seconds": 0.2, "threads": 2},
+    )
+
+
+@pytest.fixture
+def running(db_url: str, tmp_path: Path, dev_certs: Path) -> Iterator[tuple[Container, SandboxWorld]]:
+    c = build(mm_settings(db_url, tmp_path, dev_certs))
+    c.migrate()
+    assert c.digital_mail is not None
+    assert c.digital_mail.world is not None
+    w = Worker(c)
+    w.start()
+    try:
+        yield c, c.digital_mail.world
+    finally:
+        w.stop(grace=5)
+        c.close()
+
+
+def submit(c: Container, client: ClientRecord, recipient: str, key: str) -> str:
+    return c.intake.submit(client, key, key, make_letter(recipient=recipient)).shipment.id
+
+
+def wait_state(c: Container, sid: str, states: set[str], timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with c.uow() as uow:
+            shp = uow.shipment(sid)
+            assert shp is not None
+            if shp.state in states:
+                return shp
+        time.sleep(0.05)
+    with c.uow() as uow:
+        events = [(e.type, e.message) for e in uow.events(sid)]
+    raise AssertionError(f"shipment {sid} never reached {states}: {events}")
+
+
+def events(c: Container, sid: str) -> list[tuple[str, str]]:
+    with c.uow() as uow:
+        return [(e.type, e.message) for e in uow.events(sid)]
+
+
+@pytest.fixture
+def mm_client(running: tuple[Container, SandboxWorld]) -> ClientRecord:
+    return running[0].clients.add("ärendesystem", ["sandbox"]).client
+
+
+def test_a_letter_reaches_the_operator_far_names_and_shows_delivered_with_its_name(
+    running: tuple[Container, SandboxWorld], mm_client: ClientRecord
+) -> None:
+    c, world = running
+    to_kivra = submit(c, mm_client, KIVRA_RECIPIENT, "a")
+    to_mmp = submit(c, mm_client, MMP_RECIPIENT, "b")
+    shp = wait_state(c, to_kivra, {"DELIVERED", "FAILED"})
+    assert (shp.state, shp.channel) == ("DELIVERED", "mina_meddelanden")
+    assert shp.result["operator_name"] == "Kivra (simulator)"
+    assert any("Kivra (simulator)" in m for t, m in events(c, to_kivra) if t == "DELIVERED")
+    assert wait_state(c, to_mmp, {"DELIVERED", "FAILED"}).result["operator_name"] == (
+        "Min myndighetspost (simulator)"
+    )
+    kivra, mmp = world.operators["kivra"], world.operators["mmp"]
+    assert [d.message_id for d in kivra.accepted] == [to_kivra]
+    assert [d.message_id for d in mmp.accepted] == [to_mmp]
+    stored = kivra.accepted[0]
+    assert stored.sender_id == "162120000001"
+    assert stored.recipient_id == KIVRA_RECIPIENT
+    assert stored.subject == "Beslut om bygglov"
+
+
+@pytest.mark.parametrize(
+    ("recipient", "reason_code"),
+    [
+        (UNKNOWN_RECIPIENT, "NO_MAILBOX"),
+        (OPTED_OUT_RECIPIENT, "SENDER_NOT_ACCEPTED"),
+        (PENDING_RECIPIENT, "MAILBOX_PENDING"),
+    ],
+)
+def test_without_a_usable_mailbox_the_letter_goes_to_print_with_the_reason(
+    running: tuple[Container, SandboxWorld], mm_client: ClientRecord, recipient: str, reason_code: str
+) -> None:
+    c, world = running
+    sid = submit(c, mm_client, recipient, "p")
+    shp = wait_state(c, sid, {"HANDED_OVER", "DELIVERED", "FAILED"})
+    assert shp.channel == "print"
+    assert shp.decision is not None
+    skipped = {o["channel"]: o for o in shp.decision["options"]}
+    assert reason_code in skipped["mina_meddelanden"]["codes"]
+    assert not skipped["mina_meddelanden"]["eligible"]
+    assert all(not op.accepted for op in world.operators.values())
+
+
+def test_an_operator_answering_5xx_gets_the_letter_once_it_recovers_exactly_once(
+    running: tuple[Container, SandboxWorld], mm_client: ClientRecord
+) -> None:
+    c, world = running
+    kivra = world.operators["kivra"]
+    kivra.behave(http_status=503, times=3)
+    sid = submit(c, mm_client, KIVRA_RECIPIENT, "r")
+    shp = wait_state(c, sid, {"DELIVERED", "FAILED"})
+    assert shp.state == "DELIVERED"
+    assert kivra.requests >= 4
+    assert [d.message_id for d in kivra.accepted] == [sid]
+
+
+def test_a_sender_the_relay_does_not_trust_is_refused_recorded_and_sent_on_paper(
+    db_url: str, tmp_path: Path, dev_certs: Path
+) -> None:
+    # A signing certificate from a CA the relay does not trust (a self-signed one with the right org number).
+    from tests.integration.untrusted import self_signed_signer
+
+    cert, key = self_signed_signer(tmp_path, "2120000001")
+    settings = mm_settings(db_url, tmp_path, dev_certs)
+    sender = settings.senders[0].model_copy(update={"signing_certificate": cert, "signing_key": key})
+    c = build(settings.model_copy(update={"senders": (sender,)}))
+    c.migrate()
+    w = Worker(c)
+    w.start()
+    try:
+        client = c.clients.add("ärendesystem", ["sandbox"]).client
+        sid = submit(c, client, KIVRA_RECIPIENT, "t")
+        shp = wait_state(c, sid, {"HANDED_OVER", "DELIVERED", "FAILED"})
+        assert shp.channel == "print"
+        failed = [m for t, m in events(c, sid) if t == "CHANNEL_FAILED"]
+        assert "Förmedlaren vägrade" in failed[0]
+        assert c.digital_mail is not None
+        assert c.digital_mail.embedded is not None
+        refusals = c.digital_mail.embedded.refusals()
+        assert len(refusals) == 1
+        assert c.digital_mail.world is not None
+        assert all(not op.accepted for op in c.digital_mail.world.operators.values())
+    finally:
+        w.stop(grace=5)
+        c.close()
+    assert x509.load_pem_x509_certificate(cert.read_bytes())  # the file the test made is a real certificate
+
+
+def test_while_far_cannot_be_reached_letters_wait_instead_of_going_to_paper(
+    running: tuple[Container, SandboxWorld], mm_client: ClientRecord
+) -> None:
+    c, world = running
+    world.far.fail_with(503)
+    sid = submit(c, mm_client, KIVRA_RECIPIENT, "w")
+    shp = wait_state(c, sid, {"RETRY_WAIT", "HANDED_OVER", "DELIVERED", "FAILED"})
+    assert shp.state == "RETRY_WAIT"
+    assert shp.channel is None
+    assert any("FaR" in m for _, m in events(c, sid))
