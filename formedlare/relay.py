@@ -1,0 +1,974 @@
+"""The relay (förmedlare): take a sender's signed delivery, check it, keep it, and deliver it sealed to the
+recipient's mailbox operator — buffering and retrying per operator (mm-protocol §1.3, §4).
+
+Intake (:meth:`Relay.distribute_secure`) refuses at the door whatever it cannot vouch for (the seal says
+``SignaturesOK=true``): not XML, not a v3 SignedDelivery, a schema violation, a sender it does not relay for,
+a signature that does not verify or chain to a trust anchor, a certificate of another organisation than
+``Sender/Id``. Each refusal is a row (digest of the bytes, never the content). What it accepts is stored byte
+for byte as a PENDING distribution; the same sender and message ids again give the same distribution.
+
+Delivery (:meth:`Relay.deliver_due`, run in threads by :class:`formedlare.worker.RelayWorker`) claims due
+distributions with a lease, asks FaR with the SENDING authority's organisation number, takes one of the
+operator's delivery slots, seals and POSTs ``deliverSecure`` with no database transaction open, then records
+the outcome only while it still holds the lease. Each operator has its own queue: at most
+``operator_concurrency`` calls in flight, and after a transient failure a backoff during which only ITS
+letters wait. Every attempt is a row; backoff is computed from the stored counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, cast
+from zoneinfo import ZoneInfo
+
+import httpx
+from sqlalchemy import ColumnElement, Engine, and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult, Result
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from far_client import FarClient, FarError, FarSettings, Reachability
+from formedlare.api import (
+    DeliveryRefusedError,
+    DistributionState,
+    DistributionStatus,
+    RelayUnavailableError,
+    UnknownDistributionError,
+)
+from formedlare.errors import FormedlareError
+from formedlare.mm import (
+    MalformedXmlError,
+    MmError,
+    ParsedDelivery,
+    SchemaViolationError,
+    SignatureInvalidError,
+    SignatureProblem,
+    SigningIdentity,
+    TrustPolicy,
+    deliver_secure_request,
+    ns,
+    parse_xml,
+    read_delivery,
+    seal_delivery,
+    validate,
+    verify_element,
+)
+from formedlare.mm.xml import local_name, namespace
+from formedlare.operators import (
+    CallResult,
+    Outcome,
+    Route,
+    call_deliver_secure,
+    operator_http_client,
+    route,
+)
+from formedlare.settings import RelaySettings
+from formedlare.store import (
+    RESPONSE_EXCERPT,
+    AttemptRow,
+    DistributionRow,
+    OperatorRow,
+    RefusalRow,
+    ensure_schema,
+    make_engine,
+)
+
+log = logging.getLogger(__name__)
+
+#: ReceivedTime in the seal is a date (xs:date); the relay's day is the Swedish one.
+RELAY_ZONE = ZoneInfo("Europe/Stockholm")
+
+
+class RelayConfigurationError(FormedlareError):
+    """The settings do not give a working relay (a missing seal identity, trust anchor, FaR or TLS file)."""
+
+
+class RefusalCode:
+    """The stable codes of :class:`DeliveryRefusedError` raised by :meth:`Relay.distribute_secure`. Besides
+    these, a refused signature carries the :class:`formedlare.mm.SignatureProblem` value as its code
+    (UNSIGNED, DIGEST_MISMATCH, CERTIFICATE_UNTRUSTED, CERTIFICATE_EXPIRED, ...)."""
+
+    MALFORMED_XML = "MALFORMED_XML"
+    NOT_SIGNED_DELIVERY = "NOT_SIGNED_DELIVERY"
+    SCHEMA_VIOLATION = "SCHEMA_VIOLATION"
+    SENDER_NOT_RELAYED = "SENDER_NOT_RELAYED"
+    ORGANISATION_MISMATCH = "ORGANISATION_MISMATCH"
+
+    ALL: tuple[str, ...] = (
+        MALFORMED_XML,
+        NOT_SIGNED_DELIVERY,
+        SCHEMA_VIOLATION,
+        SENDER_NOT_RELAYED,
+        ORGANISATION_MISMATCH,
+        *(p.value for p in SignatureProblem),
+    )
+
+
+class FarLookup(Protocol):
+    """What the relay needs of FaR (far_client.FarClient has it)."""
+
+    def is_reachable(
+        self, sender_organisation_number: str, recipient_ids: Sequence[str]
+    ) -> Mapping[str, Reachability]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPolicy:
+    """How hard and how wide the relay delivers. ``call_lease`` is the lease held while a deliverSecure call
+    is running: longer than the call can take, so no other worker takes the letter meanwhile."""
+
+    operator_concurrency: int = 4
+    backoff_base: timedelta = timedelta(seconds=5)
+    backoff_max: timedelta = timedelta(seconds=600)
+    max_attempts: int = 20
+    max_age: timedelta = timedelta(hours=72)
+    lease: timedelta = timedelta(seconds=120)
+    call_lease: timedelta = timedelta(seconds=300)
+    #: How long a letter waits when its operator's slots are all taken.
+    busy_retry: timedelta = timedelta(seconds=1)
+
+    @classmethod
+    def from_settings(cls, settings: RelaySettings) -> DeliveryPolicy:
+        lease = timedelta(seconds=settings.lease_seconds)
+        # httpx's read and write timeouts apply per operation; allow both in full, plus the connect and slack.
+        call = timedelta(seconds=settings.connect_timeout_seconds + 2 * settings.read_timeout_seconds + 30)
+        return cls(
+            operator_concurrency=settings.operator_concurrency,
+            backoff_base=timedelta(seconds=settings.backoff_base_seconds),
+            backoff_max=timedelta(seconds=settings.backoff_max_seconds),
+            max_attempts=settings.max_attempts,
+            max_age=timedelta(hours=settings.max_age_hours),
+            lease=lease,
+            call_lease=max(lease, call),
+        )
+
+    def backoff(self, failures: int) -> timedelta:
+        """The wait after the `failures`-th transient failure in a row: base, 2×base, 4×base, … up to max."""
+        if failures <= 0:
+            return timedelta(0)
+        exponent: int = min(failures - 1, 30)
+        wait: timedelta = self.backoff_base * (2**exponent)
+        return min(wait, self.backoff_max)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    started_at: datetime
+    finished_at: datetime | None
+    operator_id: str | None
+    outcome: str | None  # an operators.Outcome value; None while in flight (or the worker died)
+    http_status: int | None
+    outcome_unknown: bool
+    response: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DistributionDetail:
+    status: DistributionStatus
+    sender_id: str
+    recipient_id: str
+    message_ids: tuple[str, ...]
+    received_at: datetime
+    sha256: str
+    trans_id: str | None
+    next_attempt_at: datetime | None  # None once DELIVERED or FAILED
+    attempts: tuple[AttemptRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    refused_at: datetime
+    code: str
+    reason: str
+    sender_id: str | None
+    message_ids: tuple[str, ...]
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorQueue:
+    operator_id: str | None  # None: letters not yet routed (FaR not asked yet, or it failed)
+    name: str
+    service_address: str | None
+    pending: int
+    in_flight: int
+    next_attempt_at: datetime | None  # the queue's backoff: nothing goes to the operator before then
+    consecutive_failures: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    id: str
+    token: str
+    sender_id: str
+    recipient_id: str
+    received_at: datetime
+    attempts: int
+    signed_delivery: bytes
+
+
+class _Refused(Exception):
+    def __init__(self, code: str, reason: str, parsed: ParsedDelivery | None = None) -> None:
+        super().__init__(code)
+        self.code = code
+        self.reason = reason
+        self.parsed = parsed
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Relay:
+    """The förmedlare; implements :class:`formedlare.api.RelayApi` in-process.
+
+    Build it with :meth:`from_settings`, or directly (tests, embedding) from an engine whose schema exists,
+    the seal identity, the trust policy for senders' signatures, the organisation numbers it relays for,
+    a FaR lookup, an httpx client that holds the relay's client certificate towards operators, and a clock.
+    Thread-safe: any number of threads may call every method. :meth:`close` releases what
+    :meth:`from_settings` opened.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        seal: SigningIdentity,
+        trust: TrustPolicy,
+        relayed_senders: Iterable[str],
+        far: FarLookup,
+        http: httpx.Client,
+        clock: Callable[[], datetime] = _utc_now,
+        policy: DeliveryPolicy | None = None,
+        name: str = "formedlare",
+    ) -> None:
+        self._engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._seal = seal
+        self._trust = trust
+        self._relayed = frozenset(s.removeprefix("16") if len(s) == 12 else s for s in relayed_senders)
+        self._far = far
+        self._http = http
+        self._clock = clock
+        self.policy = policy or DeliveryPolicy()
+        self._name = name
+        self._closers: list[Callable[[], None]] = []
+
+    @classmethod
+    def from_settings(cls, settings: RelaySettings, *, clock: Callable[[], datetime] | None = None) -> Relay:
+        """A relay with its own engine (schema created if missing), FaR client and operator HTTP client.
+        Raises RelayConfigurationError when a needed setting or file is missing or unreadable."""
+        seal = _seal_identity(settings)
+        if not settings.trust_anchors:
+            raise RelayConfigurationError("trust_anchors saknas: utan dem kan ingen avsändarsignatur godtas")
+        if settings.far is None:
+            raise RelayConfigurationError("far saknas: relayn måste kunna fråga FaR")
+        if (
+            settings.client_certificate is None
+            or settings.client_key is None
+            or settings.operator_ca_bundle is None
+        ):
+            raise RelayConfigurationError(
+                "client_certificate, client_key och operator_ca_bundle behövs för att nå brevlådeoperatörerna"
+            )
+        try:
+            trust = TrustPolicy.from_pem_files(*settings.trust_anchors, allow_sha1=settings.allow_sha1)
+            http = operator_http_client(
+                client_certificate=settings.client_certificate,
+                client_key=settings.client_key,
+                ca_bundle=settings.operator_ca_bundle,
+                connect_timeout=settings.connect_timeout_seconds,
+                read_timeout=settings.read_timeout_seconds,
+                max_connections=max(64, settings.operator_concurrency * 8),
+            )
+        except (OSError, ValueError) as exc:
+            raise RelayConfigurationError(f"kunde inte läsa certifikatfilerna: {exc}") from exc
+        far_settings = settings.far
+        far = FarClient(
+            FarSettings(
+                url=far_settings.url,
+                client_certificate=far_settings.client_certificate,
+                client_key=far_settings.client_key,
+                ca_bundle=far_settings.ca_bundle,
+                connect_timeout=far_settings.connect_timeout_seconds,
+                read_timeout=far_settings.read_timeout_seconds,
+                retries=far_settings.retries,
+                cache_ttl=timedelta(seconds=far_settings.cache_ttl_seconds),
+            ),
+            clock=clock,
+        )
+        engine = make_engine(settings.database_url)
+        ensure_schema(engine)
+        relay = cls(
+            engine,
+            seal=seal,
+            trust=trust,
+            relayed_senders=settings.relayed_senders,
+            far=far,
+            http=http,
+            clock=clock or _utc_now,
+            policy=DeliveryPolicy.from_settings(settings),
+        )
+        relay._closers = [http.close, far.close, engine.dispose]
+        if not settings.relayed_senders:
+            log.warning("relayed_senders är tom: förmedlaren avvisar varje försändelse")
+        return relay
+
+    def close(self) -> None:
+        """Close the clients and the engine that :meth:`from_settings` opened (nothing passed in)."""
+        for closer in self._closers:
+            closer()
+        self._closers = []
+
+    # ------------------------------------------------------------------------------------------ intake
+
+    def distribute_secure(self, signed_delivery: bytes) -> str:
+        """Accept one signed delivery (the ``m3:SignedDelivery`` element's bytes as signed) for delivery.
+
+        Returns the distribution id. The same sender id and message ids again (after passing the same checks)
+        return the same id and are never delivered twice. Raises DeliveryRefusedError (a refusal row is
+        written first) with a :class:`RefusalCode` or SignatureProblem code and a Swedish reason, and
+        RelayUnavailableError when the store cannot be reached."""
+        now = self._clock()
+        try:
+            parsed = self._admit(signed_delivery, now)
+        except _Refused as refused:
+            self._record_refusal(signed_delivery, refused, now)
+            log.info("refused a delivery: %s", refused.code)
+            raise DeliveryRefusedError(refused.code, refused.reason) from None
+        try:
+            return self._store(signed_delivery, parsed, now)
+        except OperationalError as exc:
+            raise RelayUnavailableError(f"förmedlarens lager svarar inte: {exc.orig}") from exc
+
+    def _admit(self, data: bytes, now: datetime) -> ParsedDelivery:
+        try:
+            element = parse_xml(data)
+        except MalformedXmlError as exc:
+            raise _Refused(RefusalCode.MALFORMED_XML, f"Försändelsen är inte läsbar XML: {exc}") from exc
+        if namespace(element) != ns.MSG_V3 or local_name(element) != "SignedDelivery":
+            raise _Refused(
+                RefusalCode.NOT_SIGNED_DELIVERY,
+                f"Förmedlaren tar emot en SignedDelivery (Mina meddelanden v3), inte {local_name(element)}",
+            )
+        if element.find(ns.qname(ns.DS, "Signature")) is None:
+            # Before the schema: "not signed" tells the sender more than "Signature expected".
+            raise _Refused(SignatureProblem.UNSIGNED.value, "Försändelsen är inte signerad av avsändaren")
+        try:
+            validate(element)
+        except SchemaViolationError as exc:
+            detail = "; ".join(exc.errors[:3])
+            raise _Refused(
+                RefusalCode.SCHEMA_VIOLATION, f"Försändelsen följer inte schemat: {detail}"
+            ) from exc
+        try:
+            parsed = read_delivery(element)
+        except MalformedXmlError as exc:
+            raise _Refused(RefusalCode.SCHEMA_VIOLATION, f"Försändelsen saknar uppgifter: {exc}") from exc
+        organisation = parsed.sender_id.removeprefix("16")
+        if organisation not in self._relayed:
+            raise _Refused(
+                RefusalCode.SENDER_NOT_RELAYED,
+                f"Förmedlaren förmedlar inte post från organisationsnummer {organisation}",
+                parsed,
+            )
+        try:
+            verified = verify_element(element, self._trust, at=now)
+        except SignatureInvalidError as exc:
+            raise _Refused(
+                exc.reason.value, f"Avsändarens signatur godtas inte: {exc.detail}", parsed
+            ) from exc
+        if verified.organisation_number != organisation:
+            raise _Refused(
+                RefusalCode.ORGANISATION_MISMATCH,
+                f"Signeringscertifikatet tillhör organisationsnummer "
+                f"{verified.organisation_number or 'okänt'}, inte avsändaren {organisation}",
+                parsed,
+            )
+        return parsed
+
+    def _record_refusal(self, data: bytes, refused: _Refused, now: datetime) -> None:
+        parsed = refused.parsed
+        row = RefusalRow(
+            refused_at=now,
+            code=refused.code,
+            reason=refused.reason[:RESPONSE_EXCERPT],
+            sender_id=parsed.sender_id[:64] if parsed else None,
+            message_ids=json.dumps(list(parsed.message_ids), ensure_ascii=False) if parsed else None,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+        )
+        try:
+            with self._sessions.begin() as session:
+                session.add(row)
+        except OperationalError:
+            # The refusal stands whether or not it could be written down; the caller still gets it.
+            log.exception("could not record a refusal (%s)", refused.code)
+
+    def _store(self, data: bytes, parsed: ParsedDelivery, now: datetime) -> str:
+        key = _message_key(parsed.message_ids)
+        digest = hashlib.sha256(data).hexdigest()
+        for _ in range(2):
+            try:
+                with self._sessions.begin() as session:
+                    existing = session.execute(
+                        select(DistributionRow.id, DistributionRow.sha256).where(
+                            DistributionRow.sender_id == parsed.sender_id, DistributionRow.message_key == key
+                        )
+                    ).first()
+                    if existing is not None:
+                        if existing.sha256 != digest:
+                            log.warning(
+                                "distribution %s handed over again with other bytes; the first is kept",
+                                existing.id,
+                            )
+                        return str(existing.id)
+                    distribution_id = str(uuid.uuid4())
+                    session.add(
+                        DistributionRow(
+                            id=distribution_id,
+                            sender_id=parsed.sender_id,
+                            message_key=key,
+                            message_ids=json.dumps(list(parsed.message_ids), ensure_ascii=False),
+                            recipient_id=parsed.recipient_id,
+                            signed_delivery=data,
+                            sha256=digest,
+                            received_at=now,
+                            state=DistributionState.PENDING.value,
+                            detail="Mottagen av förmedlaren, väntar på leverans",
+                            attempts=0,
+                            next_attempt_at=now,
+                            updated_at=now,
+                        )
+                    )
+                log.info("accepted distribution %s", distribution_id)
+                return distribution_id
+            except IntegrityError:
+                # Another thread stored the same delivery between our look and our insert: use its row.
+                continue
+        raise RelayUnavailableError("kunde inte spara försändelsen")
+
+    # ------------------------------------------------------------------------------------------ status
+
+    def check_distribution_status(self, distribution_id: str) -> DistributionStatus:
+        """The current state of a distribution; ``detail`` says (in Swedish) whom it was delivered to, why it
+        failed, or when the next try is. Raises UnknownDistributionError, RelayUnavailableError."""
+        try:
+            with self._sessions() as session:
+                row = session.get(DistributionRow, distribution_id)
+                if row is None:
+                    raise UnknownDistributionError(f"okänd försändelse: {distribution_id}")
+                return _status(row)
+        except OperationalError as exc:
+            raise RelayUnavailableError(f"förmedlarens lager svarar inte: {exc.orig}") from exc
+
+    def distribution_detail(self, distribution_id: str) -> DistributionDetail:
+        """Status plus every attempt, oldest first. Raises UnknownDistributionError."""
+        with self._sessions() as session:
+            row = session.get(DistributionRow, distribution_id)
+            if row is None:
+                raise UnknownDistributionError(f"okänd försändelse: {distribution_id}")
+            attempts = session.scalars(
+                select(AttemptRow)
+                .where(AttemptRow.distribution_id == distribution_id)
+                .order_by(AttemptRow.id)
+            ).all()
+            return DistributionDetail(
+                status=_status(row),
+                sender_id=row.sender_id,
+                recipient_id=row.recipient_id,
+                message_ids=tuple(json.loads(row.message_ids)),
+                received_at=row.received_at,
+                sha256=row.sha256,
+                trans_id=row.trans_id,
+                next_attempt_at=row.next_attempt_at if row.state == DistributionState.PENDING else None,
+                attempts=tuple(
+                    AttemptRecord(
+                        started_at=a.started_at,
+                        finished_at=a.finished_at,
+                        operator_id=a.operator_id,
+                        outcome=a.outcome,
+                        http_status=a.http_status,
+                        outcome_unknown=a.outcome_unknown,
+                        response=a.response,
+                    )
+                    for a in attempts
+                ),
+            )
+
+    def refusals(self, limit: int = 100) -> list[Refusal]:
+        """The latest refusals, newest first (at most `limit`)."""
+        with self._sessions() as session:
+            rows = session.scalars(select(RefusalRow).order_by(RefusalRow.id.desc()).limit(limit)).all()
+            return [
+                Refusal(
+                    refused_at=r.refused_at,
+                    code=r.code,
+                    reason=r.reason,
+                    sender_id=r.sender_id,
+                    message_ids=tuple(json.loads(r.message_ids)) if r.message_ids else (),
+                    sha256=r.sha256,
+                    size=r.size,
+                )
+                for r in rows
+            ]
+
+    def operator_queues(self) -> list[OperatorQueue]:
+        """Per operator: PENDING letters routed to it, deliverSecure calls in flight, the queue's backoff.
+        Letters not routed yet come last, under operator_id None."""
+        now = self._clock()
+        pending_state = DistributionState.PENDING.value
+        with self._sessions() as session:
+            pending: dict[str | None, int] = {
+                operator: count
+                for operator, count in session.execute(
+                    select(DistributionRow.operator_id, func.count())
+                    .where(DistributionRow.state == pending_state)
+                    .group_by(DistributionRow.operator_id)
+                )
+            }
+            in_flight: dict[str | None, int] = {
+                operator: count
+                for operator, count in session.execute(
+                    select(AttemptRow.operator_id, func.count())
+                    .where(_in_flight(now), AttemptRow.operator_id.is_not(None))
+                    .group_by(AttemptRow.operator_id)
+                )
+            }
+            queues = [
+                OperatorQueue(
+                    operator_id=op.id,
+                    name=op.name,
+                    service_address=op.service_address,
+                    pending=pending.get(op.id, 0),
+                    in_flight=in_flight.get(op.id, 0),
+                    next_attempt_at=op.next_attempt_at
+                    if op.next_attempt_at and op.next_attempt_at > now
+                    else None,
+                    consecutive_failures=op.consecutive_failures,
+                )
+                for op in session.scalars(select(OperatorRow).order_by(OperatorRow.name)).all()
+            ]
+        unrouted = pending.get(None, 0)
+        if unrouted:
+            queues.append(OperatorQueue(None, "Ej dirigerade", None, unrouted, 0, None, 0))
+        return queues
+
+    # ------------------------------------------------------------------------------------------ delivery
+
+    def deliver_due(self, now: datetime | None = None, *, limit: int = 100) -> int:
+        """One pass: claim and work through due distributions one by one until none is due (or `limit`).
+
+        `now` fixes the time of the whole pass (tests); by default the clock is read at each step. Returns the
+        number of distributions worked on (delivered, failed, retried later, or put back because their
+        operator had no free slot). A worker that dies mid-call leaves its lease to expire; the next pass
+        then delivers again, and the operator's duplicate answer counts as delivered."""
+        done = 0
+        while done < limit and self.deliver_next(now):
+            done += 1
+        return done
+
+    def deliver_next(self, now: datetime | None = None) -> bool:
+        """Claim and work on one due distribution; False when none is due."""
+        clock: Callable[[], datetime] = (lambda: now) if now is not None else self._clock
+        claim = self._claim(clock())
+        if claim is None:
+            return False
+        self._work(claim, clock)
+        return True
+
+    def _claim(self, now: datetime) -> _Claim | None:
+        token = str(uuid.uuid4())
+        blocked_by_backoff = select(OperatorRow.id).where(OperatorRow.next_attempt_at > now)
+        blocked_by_slots = (
+            select(AttemptRow.operator_id)
+            .where(_in_flight(now), AttemptRow.operator_id.is_not(None))
+            .group_by(AttemptRow.operator_id)
+            .having(func.count() >= self.policy.operator_concurrency)
+        )
+        due = (
+            select(DistributionRow.id)
+            .where(
+                DistributionRow.state == DistributionState.PENDING.value,
+                DistributionRow.next_attempt_at <= now,
+                or_(DistributionRow.lease_token.is_(None), DistributionRow.lease_expires_at < now),
+                # A letter whose operator is slow or failing waits in that operator's queue; others pass.
+                or_(
+                    DistributionRow.operator_id.is_(None),
+                    and_(
+                        DistributionRow.operator_id.not_in(blocked_by_backoff),
+                        DistributionRow.operator_id.not_in(blocked_by_slots),
+                    ),
+                ),
+            )
+            .order_by(DistributionRow.next_attempt_at, DistributionRow.received_at)
+            .limit(1)
+            .with_for_update(skip_locked=True, of=DistributionRow)
+            .scalar_subquery()
+        )
+        stmt = (
+            update(DistributionRow)
+            .where(DistributionRow.id.in_(due))
+            .values(
+                lease_token=token,
+                lease_owner=self._name[:100],
+                lease_expires_at=now + self.policy.lease,
+            )
+            .returning(
+                DistributionRow.id,
+                DistributionRow.sender_id,
+                DistributionRow.recipient_id,
+                DistributionRow.received_at,
+                DistributionRow.attempts,
+                DistributionRow.signed_delivery,
+            )
+        )
+        with self._sessions.begin() as session:
+            row = session.execute(stmt, execution_options={"synchronize_session": False}).first()
+        if row is None:
+            return None
+        return _Claim(
+            row.id, token, row.sender_id, row.recipient_id, row.received_at, row.attempts, row.signed_delivery
+        )
+
+    def _work(self, claim: _Claim, clock: Callable[[], datetime]) -> None:
+        now = clock()
+        if claim.attempts >= self.policy.max_attempts or now - claim.received_at > self.policy.max_age:
+            self._give_up(claim, now)
+            return
+        organisation = claim.sender_id.removeprefix("16")
+        try:
+            answers = self._far.is_reachable(organisation, [claim.recipient_id])
+        except FarError as exc:
+            # FaR down, slow or confused is FaR's problem, not the letter's: try again later.
+            self._far_unavailable(claim, clock(), exc)
+            return
+        target = route(answers.get(claim.recipient_id))
+        if isinstance(target, str):
+            self._unreachable(claim, clock(), target)
+            return
+        attempt_id = self._take_slot(claim, target, clock())
+        if attempt_id is None:
+            return
+        try:
+            sealed = seal_delivery(
+                self._seal,
+                claim.signed_delivery,
+                received=claim.received_at.astimezone(RELAY_ZONE).date(),
+                signatures_ok=True,
+            )
+            envelope = deliver_secure_request(sealed)
+        except MmError as exc:
+            # Verified at intake, so this is our bug or a corrupted row; retrying cannot help.
+            result = CallResult(Outcome.FAULT, None, f"kunde inte förseglas: {exc}", False, str(exc))
+        else:
+            result = call_deliver_secure(self._http, target.service_address, envelope)
+        self._record(claim, target, attempt_id, result, clock())
+
+    def _take_slot(self, claim: _Claim, target: Route, now: datetime) -> int | None:
+        """Route the letter to its operator and start an attempt if the operator has a free slot and is not
+        in backoff. None: lease lost, or the letter was put back in the operator's queue."""
+        with self._sessions.begin() as session:
+            _upsert_operator(session, target, now)
+            operator = session.execute(
+                select(OperatorRow).where(OperatorRow.id == target.operator_id).with_for_update()
+            ).scalar_one()
+            # The row lock serialises slot-taking per operator on PostgreSQL (SQLite has one writer anyway).
+            if operator.name != target.operator_name or operator.service_address != target.service_address:
+                operator.name = target.operator_name
+                operator.service_address = target.service_address
+                operator.updated_at = now
+            in_flight = session.execute(
+                select(func.count())
+                .select_from(AttemptRow)
+                .where(AttemptRow.operator_id == target.operator_id, _in_flight(now))
+            ).scalar_one()
+            wait_until: datetime | None = None
+            if operator.next_attempt_at is not None and operator.next_attempt_at > now:
+                wait_until = operator.next_attempt_at
+            elif in_flight >= self.policy.operator_concurrency:
+                wait_until = now + self.policy.busy_retry
+            values: dict[str, object] = {
+                "operator_id": target.operator_id,
+                "operator_name": target.operator_name,
+                "updated_at": now,
+            }
+            if wait_until is not None:
+                values |= {"lease_token": None, "lease_expires_at": None, "next_attempt_at": wait_until}
+            else:
+                values |= {
+                    "attempts": DistributionRow.attempts + 1,
+                    "lease_expires_at": now + self.policy.call_lease,
+                }
+            held = _rowcount(
+                session.execute(
+                    update(DistributionRow)
+                    .where(DistributionRow.id == claim.id, DistributionRow.lease_token == claim.token)
+                    .values(**values),
+                    execution_options={"synchronize_session": False},
+                )
+            )
+            if held != 1 or wait_until is not None:
+                return None
+            attempt = AttemptRow(
+                distribution_id=claim.id,
+                operator_id=target.operator_id,
+                lease_token=claim.token,
+                started_at=now,
+                expires_at=now + self.policy.call_lease,
+            )
+            session.add(attempt)
+            session.flush()
+            return attempt.id
+
+    def _record(
+        self, claim: _Claim, target: Route, attempt_id: int, result: CallResult, now: datetime
+    ) -> None:
+        name = target.operator_name
+        with self._sessions.begin() as session:
+            session.execute(
+                update(AttemptRow)
+                .where(AttemptRow.id == attempt_id)
+                .values(
+                    finished_at=now,
+                    outcome=result.outcome.value,
+                    http_status=result.http_status,
+                    outcome_unknown=result.outcome_unknown,
+                    response=result.excerpt[:RESPONSE_EXCERPT],
+                ),
+                execution_options={"synchronize_session": False},
+            )
+            operator_values: dict[str, object]
+            if result.outcome is Outcome.TRANSIENT:
+                failures = (
+                    session.execute(
+                        select(OperatorRow.consecutive_failures).where(OperatorRow.id == target.operator_id)
+                    ).scalar_one()
+                    + 1
+                )
+                operator_values = {
+                    "consecutive_failures": failures,
+                    "next_attempt_at": now + self.policy.backoff(failures),
+                }
+            else:
+                # Any clear answer shows the operator is up: its queue may flow again.
+                operator_values = {"consecutive_failures": 0, "next_attempt_at": None}
+            session.execute(
+                update(OperatorRow)
+                .where(OperatorRow.id == target.operator_id)
+                .values(updated_at=now, **operator_values),
+                execution_options={"synchronize_session": False},
+            )
+            attempts = claim.attempts + 1
+            if result.outcome is Outcome.DELIVERED:
+                values = _final(DistributionState.DELIVERED, f"Levererad till {name}", now)
+                values["trans_id"] = result.trans_id
+            elif result.outcome is Outcome.DUPLICATE and self._earlier_unknown(
+                session, claim.id, target, attempt_id
+            ):
+                values = _final(
+                    DistributionState.DELIVERED,
+                    f"Levererad till {name} (operatören hade den redan från ett tidigare försök)",
+                    now,
+                )
+            elif result.outcome in (Outcome.DUPLICATE, Outcome.FAULT, Outcome.NOT_DELIVERED):
+                values = _final(
+                    DistributionState.FAILED,
+                    f"Brevlådeoperatören {name} tog inte emot försändelsen: {result.description}",
+                    now,
+                )
+            else:
+                values = self._retry_values(claim, attempts, now, f"{name}: {result.description}")
+            held = self._finish(session, claim, values)
+        if held:
+            log.info(
+                "distribution %s: attempt %d to %s -> %s", claim.id, attempts, name, result.outcome.value
+            )
+        else:
+            log.warning("distribution %s: lease lost before recording %s", claim.id, result.outcome.value)
+
+    def _earlier_unknown(
+        self, session: Session, distribution_id: str, target: Route, attempt_id: int
+    ) -> bool:
+        """Whether an earlier call to this operator may have delivered the letter: its answer was lost or
+        unclear, or the worker making it died before recording anything."""
+        found = session.execute(
+            select(AttemptRow.id)
+            .where(
+                AttemptRow.distribution_id == distribution_id,
+                AttemptRow.operator_id == target.operator_id,
+                AttemptRow.id != attempt_id,
+                or_(AttemptRow.outcome_unknown.is_(True), AttemptRow.finished_at.is_(None)),
+            )
+            .limit(1)
+        ).first()
+        return found is not None
+
+    def _retry_values(self, claim: _Claim, attempts: int, now: datetime, why: str) -> dict[str, object]:
+        next_at = now + self.policy.backoff(attempts)
+        if attempts >= self.policy.max_attempts:
+            return _final(
+                DistributionState.FAILED, f"Kunde inte levereras efter {attempts} försök. Senast: {why}", now
+            )
+        if next_at - claim.received_at > self.policy.max_age:
+            hours = self.policy.max_age.total_seconds() / 3600
+            return _final(
+                DistributionState.FAILED, f"Kunde inte levereras inom {hours:g} timmar. Senast: {why}", now
+            )
+        return {
+            "state": DistributionState.PENDING.value,
+            "detail": f"Nytt försök {next_at.astimezone(RELAY_ZONE):%Y-%m-%d %H:%M:%S}. Senast: {why}"[:2000],
+            "next_attempt_at": next_at,
+            "lease_token": None,
+            "lease_expires_at": None,
+            "updated_at": now,
+        }
+
+    def _far_unavailable(self, claim: _Claim, now: datetime, exc: FarError) -> None:
+        with self._sessions.begin() as session:
+            session.add(
+                AttemptRow(
+                    distribution_id=claim.id,
+                    lease_token=claim.token,
+                    started_at=now,
+                    expires_at=now,
+                    finished_at=now,
+                    outcome=Outcome.FAR_UNAVAILABLE.value,
+                    outcome_unknown=False,
+                    response=str(exc)[:RESPONSE_EXCERPT],
+                )
+            )
+            attempts = claim.attempts + 1
+            values = self._retry_values(
+                claim, attempts, now, f"FaR gick inte att fråga ({type(exc).__name__})"
+            )
+            values["attempts"] = attempts
+            held = self._finish(session, claim, values)
+        log.warning(
+            "distribution %s: FaR unavailable (%s); lease held: %s", claim.id, type(exc).__name__, held
+        )
+
+    def _unreachable(self, claim: _Claim, now: datetime, reason: str) -> None:
+        with self._sessions.begin() as session:
+            session.add(
+                AttemptRow(
+                    distribution_id=claim.id,
+                    lease_token=claim.token,
+                    started_at=now,
+                    expires_at=now,
+                    finished_at=now,
+                    outcome=Outcome.UNREACHABLE.value,
+                    outcome_unknown=False,
+                    response=reason,
+                )
+            )
+            values = _final(DistributionState.FAILED, reason, now)
+            values["attempts"] = claim.attempts + 1
+            self._finish(session, claim, values)
+        log.info("distribution %s: recipient not reachable digitally", claim.id)
+
+    def _give_up(self, claim: _Claim, now: datetime) -> None:
+        hours = self.policy.max_age.total_seconds() / 3600
+        reason = (
+            f"Kunde inte levereras efter {claim.attempts} försök"
+            if claim.attempts >= self.policy.max_attempts
+            else f"Kunde inte levereras inom {hours:g} timmar"
+        )
+        with self._sessions.begin() as session:
+            self._finish(session, claim, _final(DistributionState.FAILED, reason, now))
+
+    @staticmethod
+    def _finish(session: Session, claim: _Claim, values: dict[str, object]) -> bool:
+        """Write the distribution's outcome if we still hold its lease; False (nothing written) otherwise."""
+        count = _rowcount(
+            session.execute(
+                update(DistributionRow)
+                .where(DistributionRow.id == claim.id, DistributionRow.lease_token == claim.token)
+                .values(**values),
+                execution_options={"synchronize_session": False},
+            )
+        )
+        return count == 1
+
+
+def _rowcount(result: Result[Any]) -> int:
+    # UPDATE statements give a CursorResult; the ORM's execute() is typed with the wider Result.
+    return cast(CursorResult[Any], result).rowcount
+
+
+def _final(state: DistributionState, detail: str, now: datetime) -> dict[str, object]:
+    return {
+        "state": state.value,
+        "detail": detail[:2000],
+        "lease_token": None,
+        "lease_expires_at": None,
+        "updated_at": now,
+        "finished_at": now,
+    }
+
+
+def _in_flight(now: datetime) -> ColumnElement[bool]:
+    return and_(AttemptRow.finished_at.is_(None), AttemptRow.expires_at > now)
+
+
+def _upsert_operator(session: Session, target: Route, now: datetime) -> None:
+    values = {
+        "id": target.operator_id,
+        "name": target.operator_name,
+        "service_address": target.service_address,
+        "consecutive_failures": 0,
+        "updated_at": now,
+    }
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(postgresql.insert(OperatorRow).values(**values).on_conflict_do_nothing())
+    else:
+        session.execute(sqlite.insert(OperatorRow).values(**values).on_conflict_do_nothing())
+
+
+def _status(row: DistributionRow) -> DistributionStatus:
+    return DistributionStatus(
+        distribution_id=row.id,
+        state=DistributionState(row.state),
+        detail=row.detail,
+        operator_id=row.operator_id,
+        operator_name=row.operator_name,
+        attempts=row.attempts,
+        updated_at=row.updated_at,
+    )
+
+
+def _message_key(message_ids: Sequence[str]) -> str:
+    return hashlib.sha256("\x1f".join(message_ids).encode("utf-8")).hexdigest()
+
+
+def _seal_identity(settings: RelaySettings) -> SigningIdentity:
+    password = settings.seal_key_password.get_secret_value().encode() if settings.seal_key_password else None
+    try:
+        if settings.seal_pkcs12 is not None:
+            return SigningIdentity.from_pkcs12(settings.seal_pkcs12, password)
+        if settings.seal_certificate is not None and settings.seal_key is not None:
+            return SigningIdentity.from_pem(settings.seal_certificate, settings.seal_key, password)
+    except (OSError, MmError) as exc:
+        raise RelayConfigurationError(f"förseglingsidentiteten kan inte läsas: {exc}") from exc
+    raise RelayConfigurationError("seal_certificate + seal_key eller seal_pkcs12 saknas")
+
+
+__all__ = [
+    "AttemptRecord",
+    "DeliveryPolicy",
+    "DistributionDetail",
+    "FarLookup",
+    "OperatorQueue",
+    "Refusal",
+    "RefusalCode",
+    "Relay",
+    "RelayConfigurationError",
+]
