@@ -17,7 +17,7 @@ from formedlare.https_server import TlsFiles
 from formedlare.mm import DeliveryContent, MessageContent, SigningIdentity, seal_delivery, sign_delivery
 
 SENDER_ID = "162120000001"  # the dev `sender` certificate's organisation, 16-prefixed
-RECIPIENT_ID = "197001011234"
+RECIPIENT_ID = "197001011233"  # the sandbox registry's Kivra recipient
 SOAP_HEADERS = {"content-type": "text/xml; charset=utf-8", "soapaction": '""'}
 
 
