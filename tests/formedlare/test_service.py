@@ -385,3 +385,27 @@ def test_formedlare_serve_without_tls_files_fails_with_one_line(tmp_path: Path) 
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith("formedlare: error: https.certificate, https.key, https.client_ca must be set")
+
+
+def test_settings_come_from_toml_with_the_environment_on_top(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from formedlare.cli import ConfigurationError, load_settings
+
+    for name in [k for k in os.environ if k.startswith("FORMEDLARE_")]:
+        monkeypatch.delenv(name)
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        'relayed_senders = ["162120000001"]\nworker_threads = 3\n[https]\nport = 9443\nhost = "127.0.0.2"\n',
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("FORMEDLARE_HTTPS__PORT", "9444")
+    settings = load_settings(config)
+    assert (settings.https.host, settings.https.port) == ("127.0.0.2", 9444)
+    assert (settings.relayed_senders, settings.worker_threads) == (["2120000001"], 3)
+    monkeypatch.delenv("FORMEDLARE_HTTPS__PORT")
+    config.write_text("[https]\nport = 70000\n", encoding="utf-8")
+    with pytest.raises(ConfigurationError, match=r"invalid setting https\.port"):
+        load_settings(config)
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        load_settings(tmp_path / "missing.toml")
