@@ -128,6 +128,7 @@ class RelayFactory:
         policy: DeliveryPolicy | None = None,
         transport: Callable[[httpx.BaseTransport], httpx.BaseTransport] | None = None,
         relayed: tuple[str, ...] = (SENDER_ORG,),
+        clock: Callable[[], dt.datetime] | None = None,
     ) -> Relay:
         engine = make_engine(url)
         ensure_schema(engine)
@@ -157,7 +158,7 @@ class RelayFactory:
             relayed_senders=relayed,
             far=far,
             http=http,
-            clock=self.clock,
+            clock=clock or self.clock,
             policy=policy or DeliveryPolicy(),
         )
         self.closers += [http.close, far.close, engine.dispose]
