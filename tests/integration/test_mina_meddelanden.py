@@ -185,3 +185,70 @@ def test_while_far_cannot_be_reached_letters_wait_instead_of_going_to_paper(
     assert shp.state == "RETRY_WAIT"
     assert shp.channel is None
     assert any("FaR" in m for _, m in events(c, sid))
+
+
+def test_kanalvaxel_can_use_a_relay_that_runs_as_its_own_https_service(
+    tmp_path: Path, dev_certs: Path
+) -> None:
+    """relay = "remote": distributeSecure and checkDistributionStatus over mutual TLS to formedlare."""
+    from formedlare.app import create_app
+    from formedlare.https_server import TlsFiles, serve_in_thread
+    from formedlare.relay import Relay
+    from formedlare.settings import FarConnection, RelaySettings
+    from formedlare.worker import RelayWorker
+    from kanalvaxel.sandbox.world import start_world
+
+    world = start_world(dev_certs)
+    relay = Relay.from_settings(
+        RelaySettings(
+            database_url=f"sqlite:///{tmp_path / 'relay-service.db'}",
+            seal_certificate=dev_certs / "relay.pem",
+            seal_key=dev_certs / "relay.key",
+            trust_anchors=[dev_certs / "ca.pem"],
+            relayed_senders=["2120000001"],
+            far=FarConnection(
+                url=world.far_url,
+                client_certificate=dev_certs / "relay-client.pem",
+                client_key=dev_certs / "relay-client.key",
+                ca_bundle=dev_certs / "ca.pem",
+            ),
+            client_certificate=dev_certs / "relay-client.pem",
+            client_key=dev_certs / "relay-client.key",
+            operator_ca_bundle=dev_certs / "ca.pem",
+        )
+    )
+    relay_worker = RelayWorker(relay, threads=1, idle_seconds=0.05)
+    tls = TlsFiles(dev_certs / "server.pem", dev_certs / "server.key", client_ca=dev_certs / "ca.pem")
+    try:
+        with serve_in_thread(create_app(relay), tls, name="formedlare") as server:
+            relay_worker.start()
+            settings = mm_settings(
+                f"sqlite:///{tmp_path / 'kanalvaxel.db'}",
+                tmp_path,
+                dev_certs,
+                relay="remote",
+                relay_url=f"{server.url}/Message/v3",
+                far_url=world.far_url,
+            )
+            c = build(settings)
+            c.migrate()
+            assert c.digital_mail is not None
+            assert c.digital_mail.embedded is None
+            assert c.digital_mail.world is None  # far_url given: kanalväxel starts no simulators of its own
+            w = Worker(c)
+            w.start()
+            try:
+                client = c.clients.add("ärendesystem", ["sandbox"]).client
+                sid = submit(c, client, MMP_RECIPIENT, "remote")
+                shp = wait_state(c, sid, {"DELIVERED", "FAILED"})
+                assert (shp.state, shp.channel) == ("DELIVERED", "mina_meddelanden")
+                # The name comes from kanalväxel's own FaR answer: the SOAP status carries none.
+                assert shp.result["operator_name"] == "Min myndighetspost (simulator)"
+                assert [d.message_id for d in world.operators["mmp"].accepted] == [sid]
+            finally:
+                w.stop(grace=5)
+                c.close()
+    finally:
+        relay_worker.stop()
+        relay.close()
+        world.stop()

@@ -54,8 +54,9 @@ class DigitalMail:
     def close(self) -> None:
         self.stop_relay_worker()
         self.register.close()
-        if self.embedded is not None:
-            self.embedded.close()
+        close = getattr(self.relay, "close", None)  # the embedded Relay and RemoteRelay both hold connections
+        if callable(close):
+            close()
         if self.world is not None:
             self.world.stop()
 
