@@ -2,7 +2,8 @@
 
 Beside formedlare.mm it measures (a) the floor: two RSA-2048 signatures plus SHA-256 over the same bytes with
 `cryptography` alone, and (b) the same sign + seal + verify done with python-xmlsec (libxmlsec1, C) as the
-peer. Prints figures; asserts nothing. Run: .venv/bin/python bench/mm_sign.py
+peer. formedlare.mm signs with signxml and verifies with its own code (see formedlare/mm/signature.py).
+Prints figures; asserts nothing. Run: .venv/bin/python bench/mm_sign.py
 """
 
 from __future__ import annotations

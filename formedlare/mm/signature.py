@@ -1,10 +1,16 @@
 """Enveloped XMLDSig in the MM canonical form: signing, sealing, verifying, and the trust decision.
 
-Why not signxml: MM signs the element as a stand-alone, prefix-free document named after its type, and the
-receiver must rebuild that form before checking (mm-protocol §5.2). A stock XMLDSig processor resolves
-``URI=""`` to the enclosing SOAP document and fails. Both directions therefore go through one rebuild
-(:mod:`formedlare.mm._canon`), exclusive c14n from libxml2 and RSA from ``cryptography``; the result is
-checked against xmlsec1 and python-xmlsec in the tests.
+Signing is signxml's (``XMLSigner``: enveloped, exc-c14n, RSA-SHA256, SHA-256, ``ds`` as the default
+namespace), applied to the element already rebuilt in the MM canonical form (mm-protocol §5.2: stand-alone,
+prefix-free, named after its type; :mod:`formedlare.mm._canon`). That form is ours; signxml only signs it,
+and its exc-c14n output is what callers embed verbatim.
+
+Verification is ours, not signxml's ``XMLVerifier``: a delivery arrives renamed and re-prefixed inside a SOAP
+envelope (``s3:deliverSecure``, v1 ``arg0``), and ``URI=""`` then means the enclosing document, so the
+receiver must rebuild the canonical form before digesting (signxml digests what it is given). Real senders
+still sign with RSA-SHA1/SHA-1 (the Kivra vector), which signxml refuses outright, and the trust decision
+(anchors, KeyUsage, validity at a chosen time, with a SignatureProblem for each failure) must be ours to
+report in the relay's terms. Both directions are checked against xmlsec1 and python-xmlsec in the tests.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 from lxml import etree
+from signxml.algorithms import SignatureConstructionMethod
+from signxml.signer import XMLSigner
+from signxml.util import SigningSettings
 
 from formedlare.mm import ns
 from formedlare.mm._canon import c14n, direct_signatures, rebuild, type_name
@@ -117,9 +126,6 @@ class SigningIdentity:
             raise InvalidContentError("PKCS#12-filen saknar RSA-nyckel eller certifikat")
         return cls(cert, private, tuple(extra))
 
-    def _sign(self, data: bytes) -> bytes:
-        return self._key.sign(data, padding.PKCS1v15(), hashes.SHA256())
-
 
 def organisation_number_of(certificate: x509.Certificate) -> str | None:
     """The 10-digit organisation number from the subject's serialNumber ``16`` + 10 digits, else None."""
@@ -140,24 +146,24 @@ def sign_element(identity: SigningIdentity, element: etree._Element) -> bytes:
 
     The element is rebuilt in the canonical form first (renamed after its type, prefixes dropped), then gets
     an enveloped ``Signature`` (``ds`` as default namespace) as its last child: exc-c14n, RSA-SHA256, SHA-256,
-    ``Reference URI=""``, KeyInfo with the certificate (+ chain) and its subject name. Deterministic: equal
-    input gives equal bytes. Raises MalformedXmlError when the element already carries a signature (a second
-    one would break both: deps-notes pitfall 8).
+    ``Reference URI=""``, transforms enveloped-signature + exc-c14n, KeyInfo with the certificate (+ chain)
+    and its subject name; signed by signxml. Deterministic: equal input gives equal bytes. A root carrying
+    an ``Id``/``ID`` attribute is referenced as ``URI="#<Id>"`` instead (signxml's rule; same content, and
+    :func:`verify_element` accepts it). Raises MalformedXmlError when the element already carries a
+    signature (a second one would break both: deps-notes pitfall 8).
     """
     if direct_signatures(element):
         raise MalformedXmlError(f"{local_name(element)} är redan signerat")
     tag, unqualified = type_name(element)
     document = rebuild(element, tag=tag, unqualified=unqualified)
-    _append_signature(identity, document)
-    return c14n(document)
+    return _sign_document(identity, document)
 
 
 def sign_delivery(identity: SigningIdentity, content: DeliveryContent) -> bytes:
     """The signed ``m3:SignedDelivery`` of `content` (see :func:`sign_element`; build rules in
     :func:`formedlare.mm.build_signed_delivery`)."""
     document = build_signed_delivery(content)
-    _append_signature(identity, document)
-    return c14n(document)
+    return _sign_document(identity, document)
 
 
 def seal_delivery(
@@ -184,29 +190,40 @@ def seal_delivery(
     received_time.text = received.isoformat()
     ok = etree.SubElement(seal, ns.qname(ns.MSG_V1, "SignaturesOK"), nsmap={None: ns.MSG_V1})
     ok.text = "true" if signatures_ok else "false"
-    _append_signature(identity, sealed)
-    return c14n(sealed)
+    return _sign_document(identity, sealed)
 
 
-def _append_signature(identity: SigningIdentity, document: etree._Element) -> None:
-    """Sign `document`, already canonical and unsigned, in place."""
-    digest = hashlib.sha256(c14n(document)).digest()
-    signature = etree.SubElement(document, _ds("Signature"), nsmap={None: ns.DS})
-    signed_info = etree.SubElement(signature, _ds("SignedInfo"))
-    etree.SubElement(signed_info, _ds("CanonicalizationMethod"), Algorithm=EXC_C14N)
-    etree.SubElement(signed_info, _ds("SignatureMethod"), Algorithm=RSA_SHA256)
-    reference = etree.SubElement(signed_info, _ds("Reference"), URI="")
-    transforms = etree.SubElement(reference, _ds("Transforms"))
-    etree.SubElement(transforms, _ds("Transform"), Algorithm=ENVELOPED)
-    etree.SubElement(reference, _ds("DigestMethod"), Algorithm=SHA256)
-    etree.SubElement(reference, _ds("DigestValue")).text = base64.b64encode(digest).decode("ascii")
-    value = identity._sign(c14n(signed_info))
-    etree.SubElement(signature, _ds("SignatureValue")).text = base64.b64encode(value).decode("ascii")
-    x509_data = etree.SubElement(etree.SubElement(signature, _ds("KeyInfo")), _ds("X509Data"))
-    etree.SubElement(x509_data, _ds("X509SubjectName")).text = identity.certificate.subject.rfc4514_string()
-    for cert in (identity.certificate, *identity.chain):
-        der = cert.public_bytes(serialization.Encoding.DER)
-        etree.SubElement(x509_data, _ds("X509Certificate")).text = base64.b64encode(der).decode("ascii")
+def _sign_document(identity: SigningIdentity, document: etree._Element) -> bytes:
+    """Sign `document`, already canonical and unsigned, with signxml; the signed document's exc-c14n bytes."""
+    signer = XMLSigner(
+        method=SignatureConstructionMethod.enveloped,
+        signature_algorithm=RSA_SHA256,
+        digest_algorithm=SHA256,
+        c14n_algorithm=EXC_C14N,
+    )
+    signer.namespaces = {None: ns.DS}  # type: ignore[dict-item]  # signxml's annotation omits the default
+    # signxml re-parses the document internally; a PDF over ~7.5 MiB is a base64 text node beyond libxml2's
+    # default limit. `_parser` is private but the only hook (deps-notes pitfall 10; signxml 5.2.0).
+    signer._parser = etree.XMLParser(  # type: ignore[assignment]
+        huge_tree=True, resolve_entities=False, no_network=True
+    )
+    signer.signature_annotators.append(_add_subject_name)
+    # The loaded key object: a PEM string would be re-parsed and validated on every call (pitfall 9).
+    # No Id on the root, so signxml keeps Reference URI="" (pitfall 3).
+    signed = signer.sign(document, key=identity._key, cert=[identity.certificate, *identity.chain])
+    return c14n(signed)
+
+
+def _add_subject_name(signature: etree._Element, signing_settings: SigningSettings) -> None:
+    """Annotator run after signxml's KeyInfo: the signer's subject name beside its certificate, as before."""
+    leaf = (signing_settings.cert_chain or [None])[0]
+    x509_data = next((e for e in signature.iter() if etree.QName(e).localname == "X509Data"), None)
+    if x509_data is None or not isinstance(leaf, x509.Certificate):
+        return  # cannot happen with _sign_document's arguments; the subject name is optional anyway
+    # Same namespace form as signxml's siblings (with ds as default it builds unqualified tags, issue 275).
+    name = etree.Element(etree.QName(etree.QName(x509_data).namespace, "X509SubjectName"))
+    name.text = leaf.subject.rfc4514_string()
+    x509_data.insert(0, name)
 
 
 # ---------------------------------------------------------------------------------------------- verifying
