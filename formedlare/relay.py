@@ -655,7 +655,7 @@ class Relay:
         if isinstance(target, str):
             self._unreachable(claim, clock(), target)
             return
-        attempt_id = self._take_slot(claim, target, clock())
+        attempt_id = self._take_slot(claim, target, clock)
         if attempt_id is None:
             return
         try:
@@ -673,15 +673,18 @@ class Relay:
             result = call_deliver_secure(self._http, target.service_address, envelope)
         self._record(claim, target, attempt_id, result, clock())
 
-    def _take_slot(self, claim: _Claim, target: Route, now: datetime) -> int | None:
+    def _take_slot(self, claim: _Claim, target: Route, clock: Callable[[], datetime]) -> int | None:
         """Route the letter to its operator and start an attempt if the operator has a free slot and is not
         in backoff. None: lease lost, or the letter was put back in the operator's queue."""
         with self._sessions.begin() as session:
-            _upsert_operator(session, target, now)
+            _upsert_operator(session, target, clock())
             operator = session.execute(
                 select(OperatorRow).where(OperatorRow.id == target.operator_id).with_for_update()
             ).scalar_one()
             # The row lock serialises slot-taking per operator on PostgreSQL (SQLite has one writer anyway).
+            # Read the time only now that we hold it, so an attempt never seems to start before the one
+            # whose slot it took had finished.
+            now = clock()
             if operator.name != target.operator_name or operator.service_address != target.service_address:
                 operator.name = target.operator_name
                 operator.service_address = target.service_address
