@@ -273,21 +273,8 @@ class Dispatcher:
                 )
                 uow.enqueue(shp.id, at, now)
             if kind is OutcomeKind.DELIVERED:
-                self._move(uow, shp, ShipmentState.DELIVERED)
-                shp.finished_at = now
-                shp.result = {"channel": channel.value, **outcome.data}
-                uow.save_shipment(shp)
-                uow.add_event(
-                    shp.id,
-                    EventRecord(
-                        now,
-                        EventType.DELIVERED.value,
-                        f"Levererad: {_name(channel)}. {outcome.detail}",
-                        shp.state,
-                        channel.value,
-                        details,
-                    ),
-                )
+                result: dict[str, object] = {"channel": channel.value, **outcome.data}
+                self._delivered(uow, shp, channel, outcome.detail, result, now, details)
             elif kind is OutcomeKind.HANDED_OVER:
                 message = f"Överlämnad: {_name(channel)}. {outcome.detail}"
                 if channel is Channel.PRINT:
@@ -343,22 +330,9 @@ class Dispatcher:
             uow.complete(claim, now)
             details: dict[str, object] = {"external_ref": ref, **outcome.data}
             if outcome.kind is OutcomeKind.DELIVERED:
-                self._move(uow, shp, ShipmentState.DELIVERED)
-                shp.finished_at = now
                 shp.updated_at = now
-                shp.result = {**result, **outcome.data, "delivered_at": now.isoformat()}
-                uow.save_shipment(shp)
-                uow.add_event(
-                    shp.id,
-                    EventRecord(
-                        now,
-                        EventType.DELIVERED.value,
-                        f"Levererad: {_name(channel)}. {outcome.detail}",
-                        shp.state,
-                        channel.value,
-                        details,
-                    ),
-                )
+                merged = {**result, **outcome.data, "delivered_at": now.isoformat()}
+                self._delivered(uow, shp, channel, outcome.detail, merged, now, details)
             elif outcome.kind is OutcomeKind.FAILED:
                 shp.updated_at = now
                 self._fall_back(uow, shp, decision, channel, outcome.detail, now, details)
@@ -366,6 +340,32 @@ class Dispatcher:
                 wait = outcome.retry_after or adapter.follow_up_after(now - handed_over_at)
                 uow.enqueue(shp.id, now + wait, now)
             uow.commit()
+
+    def _delivered(
+        self,
+        uow: UnitOfWork,
+        shp: ShipmentRecord,
+        channel: Channel,
+        detail: str,
+        result: dict[str, object],
+        now: datetime,
+        details: dict[str, object],
+    ) -> None:
+        self._move(uow, shp, ShipmentState.DELIVERED)
+        shp.finished_at = now
+        shp.result = result
+        uow.save_shipment(shp)
+        uow.add_event(
+            shp.id,
+            EventRecord(
+                now,
+                EventType.DELIVERED.value,
+                f"Levererad: {_name(channel)}. {detail}",
+                shp.state,
+                channel.value,
+                details,
+            ),
+        )
 
     def _assign_print(
         self,
