@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import socket
@@ -61,3 +62,25 @@ def pdftotext(path: Path) -> str:
 
 # The same database parametrisation as the integration tests: every e2e test runs on SQLite and PostgreSQL.
 from tests.integration.conftest import db_url  # noqa: E402, F401
+
+
+def letter_json(recipient: str = "19121212-1212") -> dict[str, object]:
+    """A whole letter as a case system posts it: postal address, a PDF attachment, support info."""
+    from tests.integration.conftest import make_pdf
+
+    return {
+        "recipient": {
+            "id": recipient,
+            "name": "Åsa Öberg",
+            "postal_address": {"lines": ["Storgatan 1"], "postal_code": "123 45", "city": "Småstad"},
+        },
+        "subject": "Beslut om bygglov",
+        "body": {"content_type": "text/plain", "content": "Hej!\n\nDitt bygglov är beviljat."},
+        "attachments": [
+            {"filename": "beslut.pdf", "content_base64": base64.b64encode(make_pdf("Bilaga")).decode()}
+        ],
+        "confidentiality": "public",
+        "message_type": "beslut",
+        "case_reference": "BN 2026/42",
+        "support_info": {"text": "Frågor? Ring kontaktcenter."},
+    }

@@ -3,7 +3,6 @@ operators start with it, and a letter posted over HTTP ends in the right operato
 
 from __future__ import annotations
 
-import base64
 import json
 import signal
 import ssl
@@ -13,29 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import free_port, process_env, start, wait_for
-from tests.integration.conftest import make_pdf
+from tests.e2e.conftest import free_port, letter_json, process_env, start, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def _letter(recipient: str) -> dict[str, object]:
-    return {
-        "recipient": {
-            "id": recipient,
-            "name": "Åsa Öberg",
-            "postal_address": {"lines": ["Storgatan 1"], "postal_code": "123 45", "city": "Småstad"},
-        },
-        "subject": "Beslut om bygglov",
-        "body": {"content_type": "text/plain", "content": "Hej!\n\nDitt bygglov är beviljat."},
-        "attachments": [
-            {"filename": "beslut.pdf", "content_base64": base64.b64encode(make_pdf("Bilaga")).decode()}
-        ],
-        "confidentiality": "public",
-        "message_type": "beslut",
-        "case_reference": "BN 2026/42",
-        "support_info": {"text": "Frågor? Ring kontaktcenter."},
-    }
 
 
 def test_serve_delivers_digital_mail_to_the_operator_far_names(
@@ -70,7 +49,7 @@ def test_serve_delivers_digital_mail_to_the_operator_far_names(
         status_urls = {}
         for n, recipient in enumerate(("19700101-1233", "19750505-2386")):
             headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": f"e2e-mm-{n}"}
-            r = http.post("/v1/shipments", json=_letter(recipient), headers=headers)
+            r = http.post("/v1/shipments", json=letter_json(recipient), headers=headers)
             assert r.status_code == 202, r.text
             status_urls[recipient] = r.json()["status_url"]
         auth = {"Authorization": f"Bearer {key}"}

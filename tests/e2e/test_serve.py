@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import signal
 import subprocess
@@ -11,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import KANALVAXEL, free_port, pdftotext, process_env, start, wait_for
+from tests.e2e.conftest import KANALVAXEL, free_port, letter_json, pdftotext, process_env, start, wait_for
 from tests.integration.conftest import make_pdf
 
 pytestmark = pytest.mark.slow
@@ -44,22 +43,7 @@ def test_a_letter_posted_over_http_ends_in_a_closed_vendor_batch(
         key = (tmp_path / "var" / "dev-api-key").read_text().strip()
         assert key in log.read_text()  # the start-up banner prints a ready-to-paste example
         headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "e2e-1"}
-        body = {
-            "recipient": {
-                "id": "19121212-1212",
-                "name": "Åsa Öberg",
-                "postal_address": {"lines": ["Storgatan 1"], "postal_code": "123 45", "city": "Småstad"},
-            },
-            "subject": "Beslut om bygglov",
-            "body": {"content_type": "text/plain", "content": "Hej!\n\nDitt bygglov är beviljat."},
-            "attachments": [
-                {"filename": "beslut.pdf", "content_base64": base64.b64encode(make_pdf("Bilaga")).decode()}
-            ],
-            "confidentiality": "public",
-            "message_type": "beslut",
-            "case_reference": "BN 2026/42",
-            "support_info": {"text": "Frågor? Ring kontaktcenter."},
-        }
+        body = letter_json()
         r = http.post("/v1/shipments", json=body, headers=headers)
         assert r.status_code == 202, r.text
         status_url = r.json()["status_url"]
