@@ -13,7 +13,11 @@ _PARSER_ARGS = {
     "dtd_validation": False,
     # Whitespace is signed content (mm-protocol §5.3): never drop blank text.
     "remove_blank_text": False,
-    "remove_comments": False,
+    # Comments and processing instructions are outside the digest (c14n without comments), so anyone can add
+    # them to signed content; kept, they would split a text node and `.text` would read only its first part
+    # (a truncated Recipient or message id that still verifies). Dropped here, the text parts are joined.
+    "remove_comments": True,
+    "remove_pis": True,
     "collect_ids": False,
 }
 _PARSER = etree.XMLParser(huge_tree=False, **_PARSER_ARGS)  # type: ignore[call-overload]
