@@ -130,7 +130,10 @@ def call_deliver_secure(http: httpx.Client, url: str, envelope: bytes) -> CallRe
             return CallResult(Outcome.DUPLICATE, status, description, False, excerpt, fault=fault)
         return CallResult(Outcome.FAULT, status, description, False, excerpt, fault=fault)
     if status != 200:
-        return CallResult(Outcome.TRANSIENT, status, f"HTTP {status} utan SOAP-fel", status >= 500, excerpt)
+        # 502/504 come from a gateway that may have passed the request on (and the operator stored it);
+        # any other status without a SOAP fault is the operator's own server saying it did not take it.
+        unknown = status in (502, 504)
+        return CallResult(Outcome.TRANSIENT, status, f"HTTP {status} utan SOAP-fel", unknown, excerpt)
     try:
         trans_id, delivered = parse_deliver_secure_response(body)
     except (MalformedXmlError, SoapFaultError) as exc:

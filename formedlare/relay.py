@@ -641,7 +641,8 @@ class Relay:
 
     def _work(self, claim: _Claim, clock: Callable[[], datetime]) -> None:
         now = clock()
-        if claim.attempts >= self.policy.max_attempts or now - claim.received_at > self.policy.max_age:
+        too_old = now - claim.received_at > self.policy.max_age
+        if (claim.attempts >= self.policy.max_attempts or too_old) and not self._outcome_unknown(claim.id):
             self._give_up(claim, now)
             return
         organisation = claim.sender_id.removeprefix("16")
@@ -789,7 +790,7 @@ class Relay:
                     now,
                 )
             else:
-                values = self._retry_values(claim, attempts, now, f"{name}: {result.description}")
+                values = self._retry_values(claim, attempts, now, f"{name}: {result.description}", session)
             held = self._finish(session, claim, values)
         if held:
             log.info(
@@ -815,8 +816,49 @@ class Relay:
         ).first()
         return found is not None
 
-    def _retry_values(self, claim: _Claim, attempts: int, now: datetime, why: str) -> dict[str, object]:
+    def _outcome_unknown(self, distribution_id: str, session: Session | None = None) -> bool:
+        """Whether some earlier call may have delivered the letter (its answer was lost, or its worker died).
+
+        Such a letter is never given up as FAILED: the sender would then send it another way, and the
+        recipient could get it twice. It is retried (at the longest backoff) until an operator answers; a
+        duplicate answer then means DELIVERED.
+        """
+        query = (
+            select(AttemptRow.id)
+            .where(
+                AttemptRow.distribution_id == distribution_id,
+                AttemptRow.operator_id.is_not(None),
+                or_(AttemptRow.outcome_unknown.is_(True), AttemptRow.finished_at.is_(None)),
+            )
+            .limit(1)
+        )
+        if session is not None:
+            return session.execute(query).first() is not None
+        with self._sessions.begin() as own:
+            return own.execute(query).first() is not None
+
+    def _pending_unknown(self, now: datetime, why: str) -> dict[str, object]:
+        next_at = now + self.policy.backoff_max
+        return {
+            "state": DistributionState.PENDING.value,
+            "detail": (
+                "Ett tidigare försök kan ha levererat försändelsen (svaret kom aldrig fram); försöker "
+                f"tills operatören svarar. Nytt försök {next_at.astimezone(RELAY_ZONE):%Y-%m-%d %H:%M}. "
+                f"Senast: {why}"
+            )[:2000],
+            "next_attempt_at": next_at,
+            "lease_token": None,
+            "lease_expires_at": None,
+            "updated_at": now,
+        }
+
+    def _retry_values(
+        self, claim: _Claim, attempts: int, now: datetime, why: str, session: Session
+    ) -> dict[str, object]:
         next_at = now + self.policy.backoff(attempts)
+        exhausted = attempts >= self.policy.max_attempts or next_at - claim.received_at > self.policy.max_age
+        if exhausted and self._outcome_unknown(claim.id, session):
+            return self._pending_unknown(now, why)
         if attempts >= self.policy.max_attempts:
             return _final(
                 DistributionState.FAILED, f"Kunde inte levereras efter {attempts} försök. Senast: {why}", now
@@ -851,7 +893,7 @@ class Relay:
             )
             attempts = claim.attempts + 1
             values = self._retry_values(
-                claim, attempts, now, f"FaR gick inte att fråga ({type(exc).__name__})"
+                claim, attempts, now, f"FaR gick inte att fråga ({type(exc).__name__})", session
             )
             values["attempts"] = attempts
             held = self._finish(session, claim, values)
@@ -873,7 +915,12 @@ class Relay:
                     response=reason,
                 )
             )
-            values = _final(DistributionState.FAILED, reason, now)
+            if self._outcome_unknown(claim.id, session):
+                # FaR changed its answer after a call whose result we never learnt: the operator may have
+                # the letter, so it is not failed (the sender would send it again another way).
+                values = self._pending_unknown(now, reason)
+            else:
+                values = _final(DistributionState.FAILED, reason, now)
             values["attempts"] = claim.attempts + 1
             self._finish(session, claim, values)
         log.info("distribution %s: recipient not reachable digitally", claim.id)

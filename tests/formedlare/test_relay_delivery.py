@@ -322,3 +322,26 @@ def test_far_outage_is_retried(
     relay.deliver_due()
     assert relay.check_distribution_status(distribution_id).state is DistributionState.DELIVERED
     assert _outcomes(relay, distribution_id) == [Outcome.FAR_UNAVAILABLE, Outcome.DELIVERED]
+
+
+def test_a_letter_whose_delivery_may_have_happened_is_never_failed_only_retried(
+    make_relay: RelayFactory, sqlite_url: str, sims: SandboxWorld, sender: SigningIdentity
+) -> None:
+    # 504 comes from a gateway that may have passed the letter on: the outcome is unknown. Failing it would
+    # make the sender print it too, so the relay keeps trying past max_attempts until the operator answers.
+    relay = make_relay(sqlite_url, policy=DeliveryPolicy(max_attempts=2))
+    kivra = sims.operators["kivra"]
+    kivra.behave(http_status=504)
+    distribution_id = relay.distribute_secure(sign(sender, KIVRA_RECIPIENT))
+    for _ in range(4):
+        relay.deliver_due()
+        make_relay.clock.advance(seconds=relay.policy.backoff_max.total_seconds())
+    status = relay.check_distribution_status(distribution_id)
+    assert status.state is DistributionState.PENDING
+    assert "kan ha levererat" in status.detail
+    assert kivra.requests == 4
+
+    kivra.behave()
+    relay.deliver_due()
+    assert relay.check_distribution_status(distribution_id).state is DistributionState.DELIVERED
+    assert len(kivra.accepted) == 1
