@@ -339,6 +339,20 @@ class Relay:
         RelayUnavailableError when the store cannot be reached."""
         now = self._clock()
         try:
+            # The very bytes it already accepted: the same distribution, whatever changed since (a signing
+            # certificate that expired meanwhile, a sender no longer relayed). Refusing the resend of a sender
+            # that crashed after handing over would make it send the letter another way as well.
+            with self._sessions() as session:
+                known = session.execute(
+                    select(DistributionRow.id).where(
+                        DistributionRow.sha256 == hashlib.sha256(signed_delivery).hexdigest()
+                    )
+                ).first()
+        except OperationalError as exc:
+            raise RelayUnavailableError(f"förmedlarens lager svarar inte: {exc.orig}") from exc
+        if known is not None:
+            return str(known.id)
+        try:
             parsed = self._admit(signed_delivery, now)
         except _Refused as refused:
             self._record_refusal(signed_delivery, refused, now)

@@ -75,6 +75,7 @@ class DistributionRow(Base):
         UniqueConstraint("sender_id", "message_key", name="uq_formedlare_distributions_sender_message"),
         Index("ix_formedlare_distributions_due", "state", "next_attempt_at"),
         Index("ix_formedlare_distributions_operator", "operator_id", "state"),
+        Index("ix_formedlare_distributions_sha256", "sha256"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)

@@ -182,3 +182,20 @@ def test_a_relay_for_nobody_refuses_everyone(
     with pytest.raises(DeliveryRefusedError) as refused:
         relay.distribute_secure(sign(sender, KIVRA_RECIPIENT))
     assert refused.value.code == RefusalCode.SENDER_NOT_RELAYED
+
+
+def test_a_resend_of_accepted_bytes_gets_the_same_id_even_when_the_checks_would_now_refuse(
+    make_relay: RelayFactory, sqlite_url: str, sender: SigningIdentity
+) -> None:
+    # The sender crashed after handing over and resends the same bytes; meanwhile its certificate expired
+    # (or it is no longer relayed). Refusing now would make it print a letter the relay is delivering.
+    relay = make_relay(sqlite_url)
+    signed = sign(sender, KIVRA_RECIPIENT)
+    first = relay.distribute_secure(signed)
+    later = make_relay(sqlite_url, relayed=(), clock=lambda: dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
+    assert later.distribute_secure(signed) == first
+    assert later.refusals() == []
+    # Other bytes from the same sender are judged afresh, and refused.
+    with pytest.raises(DeliveryRefusedError) as refused:
+        later.distribute_secure(sign(sender, KIVRA_RECIPIENT))
+    assert refused.value.code == RefusalCode.SENDER_NOT_RELAYED
