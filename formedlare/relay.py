@@ -891,20 +891,27 @@ class Relay:
             "updated_at": now,
         }
 
+    @staticmethod
+    def _add_no_call_attempt(
+        session: Session, claim: _Claim, now: datetime, outcome: Outcome, response: str
+    ) -> None:
+        """An attempt that ended before any operator was called (FaR could not be asked, or said no)."""
+        session.add(
+            AttemptRow(
+                distribution_id=claim.id,
+                lease_token=claim.token,
+                started_at=now,
+                expires_at=now,
+                finished_at=now,
+                outcome=outcome.value,
+                outcome_unknown=False,
+                response=response[:RESPONSE_EXCERPT],
+            )
+        )
+
     def _far_unavailable(self, claim: _Claim, now: datetime, exc: FarError) -> None:
         with self._sessions.begin() as session:
-            session.add(
-                AttemptRow(
-                    distribution_id=claim.id,
-                    lease_token=claim.token,
-                    started_at=now,
-                    expires_at=now,
-                    finished_at=now,
-                    outcome=Outcome.FAR_UNAVAILABLE.value,
-                    outcome_unknown=False,
-                    response=str(exc)[:RESPONSE_EXCERPT],
-                )
-            )
+            self._add_no_call_attempt(session, claim, now, Outcome.FAR_UNAVAILABLE, str(exc))
             attempts = claim.attempts + 1
             values = self._retry_values(
                 claim, attempts, now, f"FaR gick inte att fråga ({type(exc).__name__})", session
@@ -917,18 +924,7 @@ class Relay:
 
     def _unreachable(self, claim: _Claim, now: datetime, reason: str) -> None:
         with self._sessions.begin() as session:
-            session.add(
-                AttemptRow(
-                    distribution_id=claim.id,
-                    lease_token=claim.token,
-                    started_at=now,
-                    expires_at=now,
-                    finished_at=now,
-                    outcome=Outcome.UNREACHABLE.value,
-                    outcome_unknown=False,
-                    response=reason,
-                )
-            )
+            self._add_no_call_attempt(session, claim, now, Outcome.UNREACHABLE, reason)
             if self._outcome_unknown(claim.id, session):
                 # FaR changed its answer after a call whose result we never learnt: the operator may have
                 # the letter, so it is not failed (the sender would send it again another way).
