@@ -147,9 +147,10 @@ def test_a_sender_the_relay_does_not_trust_is_refused_recorded_and_sent_on_paper
     db_url: str, tmp_path: Path, dev_certs: Path
 ) -> None:
     # A signing certificate from a CA the relay does not trust (a self-signed one with the right org number).
-    from tests.integration.untrusted import self_signed_signer
+    from tests.formedlare.conftest import issue_identity
 
-    cert, key = self_signed_signer(tmp_path, "2120000001")
+    issue_identity(tmp_path, "untrusted", organisation_number="2120000001")  # a CA of its own
+    cert, key = tmp_path / "untrusted.pem", tmp_path / "untrusted.key"
     settings = mm_settings(db_url, tmp_path, dev_certs)
     sender = settings.senders[0].model_copy(update={"signing_certificate": cert, "signing_key": key})
     c = build(settings.model_copy(update={"senders": (sender,)}))
