@@ -64,6 +64,8 @@ def test_production_refuses_certificates_from_certs_dev(dev_certs: Path) -> None
             dev_certs_dir=str(dev_certs),
             senders=[_production_sender(dev_certs / "sender.pem", dev_certs / "sender.key")],
             mina_meddelanden={"enabled": False},
+            email={"enabled": False},
+            sms={"enabled": False},
         )
 
 
@@ -80,6 +82,8 @@ def test_production_refuses_a_development_certificate_copied_elsewhere(
             dev_certs_dir=str(dev_certs),
             senders=[_production_sender(elsewhere / "signing.pem", elsewhere / "signing.key")],
             mina_meddelanden={"enabled": False},
+            email={"enabled": False},
+            sms={"enabled": False},
         )
 
 
@@ -124,6 +128,8 @@ def test_production_refuses_the_development_ca_as_a_trust_anchor(dev_certs: Path
             dev_certs_dir=str(dev_certs),
             senders=[sender],
             mina_meddelanden=_production_mm(dev_certs, tmp_path),
+            email={"enabled": False},
+            sms={"enabled": False},
         )
 
 

@@ -43,6 +43,14 @@ class SenderIdentity(_Strict):
     signing_key: Path | None = None
     signing_key_password: SecretStr | None = None
     pkcs12: Path | None = None
+    #: E-mail: the address letters are sent from (default: email.from_address) and the S/MIME identity that
+    #: signs encrypted e-mail (its certificate should name that address).
+    email_address: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    smime_certificate: Path | None = None
+    smime_key: Path | None = None
+    smime_key_password: SecretStr | None = None
+    #: SMS originator shown to the recipient (1–11 letters, digits, spaces); default: sms.sender_id.
+    sms_sender_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9 ]{1,11}$")
 
     @field_validator("organisation_number")
     @classmethod
@@ -130,6 +138,52 @@ class MinaMeddelandenSettings(_Strict):
     status_poll_max_seconds: float = Field(default=600.0, gt=0)
 
 
+class EmailSettings(_Strict):
+    """E-mail through the agency's SMTP relay: plain for letters that are not confidential, S/MIME-encrypted
+    for those that are. In the sandbox an empty `smtp_host` means the SMTP sink this process starts."""
+
+    enabled: bool = True
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=0, le=65535)
+    #: "starttls" (port 587), "tls" (implicit TLS, port 465) or "none" (refused in production).
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = None
+    password: SecretStr | None = None
+    #: CAs that sign the SMTP server's certificate; empty = the system's trust store.
+    ca_bundle: Path | None = None
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    ehlo_name: str | None = None
+    #: The From address when the sender identity names none.
+    from_address: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    #: Reply-To when the letter's support info gives no e-mail address.
+    reply_to: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    #: Right-hand side of Message-IDs; empty = the domain of the From address.
+    message_id_domain: str | None = None
+    #: S/MIME-encrypted e-mail (confidential letters may use only this one).
+    encrypted: bool = True
+    #: Recipients' certificates by e-mail address (*.pem / *.crt), used when the case system sends none.
+    certificate_directory: Path | None = None
+    #: CAs a recipient's certificate must be issued by; empty = not checked (validity, usage and address are).
+    recipient_trust_anchors: tuple[Path, ...] = ()
+
+
+class SmsSettings(_Strict):
+    """SMS notices through an HTTP gateway. In the sandbox an empty `gateway_url` means the simulator."""
+
+    enabled: bool = True
+    gateway_url: str | None = None
+    token: SecretStr | None = None
+    sender_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9 ]{1,11}$")
+    ca_bundle: Path | None = None
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    read_timeout_seconds: float = Field(default=15.0, gt=0)
+    #: Quick retries inside one call (5xx, 429, network); the notice itself is retried later as well.
+    retries: int = Field(default=2, ge=0, le=10)
+    max_parts: int = Field(default=2, ge=1, le=10)
+    #: How many times a notice is tried (minutes apart) before it is recorded as failed.
+    max_attempts: int = Field(default=5, ge=1, le=100)
+
+
 class SandboxSettings(_Strict):
     """Simulators of the outside world, started in this process (sandbox environment only)."""
 
@@ -139,6 +193,8 @@ class SandboxSettings(_Strict):
     far_port: int = Field(default=0, ge=0, le=65535)
     kivra_port: int = Field(default=0, ge=0, le=65535)
     mmp_port: int = Field(default=0, ge=0, le=65535)
+    smtp_port: int = Field(default=0, ge=0, le=65535)
+    sms_port: int = Field(default=0, ge=0, le=65535)
 
 
 class ApiSettings(_Strict):
@@ -164,6 +220,8 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     api: ApiSettings = ApiSettings()
     mina_meddelanden: MinaMeddelandenSettings = MinaMeddelandenSettings()
+    email: EmailSettings = EmailSettings()
+    sms: SmsSettings = SmsSettings()
     sandbox: SandboxSettings = SandboxSettings()
     #: True when nothing was configured: the loud warning at start-up says so.
     embedded_defaults: bool = False
@@ -217,6 +275,24 @@ class Settings(BaseSettings):
                         "production with mina_meddelanden enabled needs mina_meddelanden."
                         + ", mina_meddelanden.".join(missing)
                     )
+            em = self.email
+            if em.enabled:
+                missing = ["smtp_host"] if em.smtp_host is None else []
+                if em.from_address is None and any(s.email_address is None for s in self.senders):
+                    missing.append("from_address (or every sender's email_address)")
+                if missing:
+                    raise ValueError("production with email enabled needs email." + ", email.".join(missing))
+                if em.security == "none":
+                    raise ValueError("email.security = none sends letters in clear: production refuses it")
+            sms = self.sms
+            if sms.enabled:
+                missing = [name for name in ("gateway_url", "token") if getattr(sms, name) is None]
+                if sms.sender_id is None and any(s.sms_sender_id is None for s in self.senders):
+                    missing.append("sender_id (or every sender's sms_sender_id)")
+                if missing:
+                    raise ValueError("production with sms enabled needs sms." + ", sms.".join(missing))
+        if self.email.username is not None and self.email.security == "none":
+            raise ValueError("email.username with security = none would send the password in clear")
         return self
 
     @classmethod
@@ -268,7 +344,7 @@ def check_production(settings: Settings) -> None:
         return
     named: list[tuple[str, Path | None]] = []
     for sender in settings.senders:
-        for attr in ("signing_certificate", "signing_key", "pkcs12"):
+        for attr in ("signing_certificate", "signing_key", "pkcs12", "smime_certificate", "smime_key"):
             named.append((f"senders[{sender.key}].{attr}", getattr(sender, attr)))
     mm = settings.mina_meddelanden
     for attr in (
@@ -283,6 +359,9 @@ def check_production(settings: Settings) -> None:
     ):
         named.append((f"mina_meddelanden.{attr}", getattr(mm, attr)))
     named += [(f"mina_meddelanden.trust_anchors[{i}]", p) for i, p in enumerate(mm.trust_anchors)]
+    em = settings.email
+    named += [("email.ca_bundle", em.ca_bundle), ("sms.ca_bundle", settings.sms.ca_bundle)]
+    named += [(f"email.recipient_trust_anchors[{i}]", p) for i, p in enumerate(em.recipient_trust_anchors)]
     for where, path in named:
         if path is not None and (
             path.resolve().is_relative_to(settings.dev_certs_dir.resolve())
@@ -328,12 +407,22 @@ def load_settings(**overrides: object) -> Settings:
                         return_address=("Sandlådans kommun", "Box 1", "111 11 Sandby"),
                         signing_certificate=certs / "sender.pem",
                         signing_key=certs / "sender.key",
+                        email_address="noreply@sandlada.example.se",
+                        smime_certificate=certs / "smime-sender.pem",
+                        smime_key=certs / "smime-sender.key",
+                        sms_sender_id="Sandlada",
                     ),
                 )
             }
         )
     if settings.is_sandbox:
-        settings = settings.model_copy(update={"mina_meddelanden": _sandbox_mm(settings)})
+        settings = settings.model_copy(
+            update={
+                "mina_meddelanden": _sandbox_mm(settings),
+                "email": _sandbox_email(settings),
+                "sms": _sandbox_sms(settings),
+            }
+        )
     if not configured and not overrides:
         settings = settings.model_copy(update={"embedded_defaults": True})
     check_production(settings)
@@ -358,3 +447,33 @@ def _sandbox_mm(settings: Settings) -> MinaMeddelandenSettings:
     if not mm.trust_anchors:
         update["trust_anchors"] = (certs / "ca.pem",)
     return mm.model_copy(update=update)
+
+
+#: The SMS simulator's bearer token (the sandbox only; a real gateway's token comes from settings).
+SANDBOX_SMS_TOKEN = "sandbox-sms-token"  # noqa: S105 (a simulator on loopback, not a secret)
+
+
+def _sandbox_email(settings: Settings) -> EmailSettings:
+    """The sandbox's SMTP sink speaks STARTTLS with the development server certificate."""
+    em = settings.email
+    update: dict[str, object] = {}
+    if em.smtp_host is None and em.ca_bundle is None:
+        update["ca_bundle"] = settings.dev_certs_dir / "ca.pem"
+    if em.from_address is None:
+        update["from_address"] = "noreply@sandlada.example.se"
+    if not em.recipient_trust_anchors:
+        update["recipient_trust_anchors"] = (settings.dev_certs_dir / "ca.pem",)
+    return em.model_copy(update=update)
+
+
+def _sandbox_sms(settings: Settings) -> SmsSettings:
+    sms = settings.sms
+    update: dict[str, object] = {}
+    if sms.gateway_url is None:
+        if sms.token is None:
+            update["token"] = SecretStr(SANDBOX_SMS_TOKEN)
+        if sms.ca_bundle is None:
+            update["ca_bundle"] = settings.dev_certs_dir / "ca.pem"
+    if sms.sender_id is None:
+        update["sender_id"] = "Sandlada"
+    return sms.model_copy(update=update)

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 from kanalvaxel.domain.identity import RecipientId
-from kanalvaxel.domain.model import Attachment, Channel, Letter
+from kanalvaxel.domain.model import Attachment, Channel, Letter, Notice
 from kanalvaxel.domain.rules import CertificateFacts, Decision, MailboxLookup
 
 
@@ -108,6 +108,55 @@ class RecipientRegister(Protocol):
 class CertificateInspector(Protocol):
     def inspect(self, pem: str) -> CertificateFacts:
         """Read an S/MIME certificate. Never raises: an unreadable one has `problem` set."""
+        ...
+
+
+class CertificateLookup(Protocol):
+    def find(self, email: str) -> str | None:
+        """The PEM of the best S/MIME certificate known for `email` (a configured directory), or None."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeJob:
+    """One notice (an SMS) beside a letter that went by `via`."""
+
+    shipment_id: str
+    notice: Notice
+    via: Channel
+    letter: Letter
+    sender: SenderInfo
+
+
+class NoticeSender(Protocol):
+    """Sends one kind of notice. `notify` is idempotent per (shipment_id, notice) and never raises for a
+    delivery problem: DELIVERED (sent; `external_ref` is the gateway's id), RETRY or FAILED (the reason)."""
+
+    notice: Notice
+
+    def notify(self, job: NoticeJob) -> DeliveryOutcome: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SentRecord:
+    external_ref: str | None
+    detail: str
+    data: Mapping[str, str]
+    sent_at: datetime
+
+
+class SendJournal(Protocol):
+    """What a channel without idempotency of its own (SMTP, an SMS gateway) has already sent.
+
+    A channel writes here right after the remote side accepted, in its own short transaction, and looks here
+    before it sends: a worker that crashed after the send and before the dispatcher recorded the outcome then
+    finds the record instead of sending again. (The window between the server's answer and this write stays.)
+    """
+
+    def sent(self, shipment_id: str, channel: str) -> SentRecord | None: ...
+
+    def record(self, shipment_id: str, channel: str, record: SentRecord) -> None:
+        """Store it; a record already there for (shipment_id, channel) is kept (first write wins)."""
         ...
 
 
@@ -302,6 +351,10 @@ class UnitOfWork(Protocol):
         external_ref: str | None,
     ) -> None: ...
     def count_attempts(self, shipment_id: str, channel: str) -> int: ...
+    def sent_record(self, shipment_id: str, channel: str) -> SentRecord | None: ...
+    def add_sent_record(self, shipment_id: str, channel: str, record: SentRecord) -> None:
+        """Insert unless a record for (shipment_id, channel) exists (then keep that one)."""
+        ...
 
     # outbox
     def enqueue(self, shipment_id: str, not_before: datetime, now: datetime) -> None: ...

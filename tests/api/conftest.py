@@ -36,7 +36,10 @@ def make_container(tmp_path: Path, dev_certs: Path) -> Iterator[MakeContainer]:
     made: list[Container] = []
 
     def make(*, database_url: str | None = None, migrate: bool = True, **overrides: Any) -> Container:
-        overrides.setdefault("mina_meddelanden", {"enabled": False})  # no simulators unless a test asks
+        # No simulators unless a test asks for them.
+        overrides.setdefault("mina_meddelanden", {"enabled": False})
+        overrides.setdefault("email", {"enabled": False})
+        overrides.setdefault("sms", {"enabled": False})
         settings = load_settings(
             database={"url": database_url or f"sqlite:///{tmp_path / 'kanalvaxel.db'}"},
             print={"spool_dir": tmp_path / "print-spool", **overrides.pop("print", {})},

@@ -33,6 +33,8 @@ def process_env(database_url: str, tmp_path: Path, dev_certs: Path, **extra: str
             "KANALVAXEL_LOG_LEVEL": "INFO",
             # Digital mail only where a test turns it on (test_mina_meddelanden.py).
             "KANALVAXEL_MINA_MEDDELANDEN__ENABLED": "false",
+            "KANALVAXEL_EMAIL__ENABLED": "false",
+            "KANALVAXEL_SMS__ENABLED": "false",
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -91,6 +91,8 @@ def make_letter(
 def settings_for(db: str, tmp_path: Path, dev_certs: Path, **overrides: Any) -> Any:
     # Digital mail has its own tests (test_mina_meddelanden.py); elsewhere it would start simulators.
     overrides.setdefault("mina_meddelanden", {"enabled": False})
+    overrides.setdefault("email", {"enabled": False})  # e-mail and SMS: test_messaging.py
+    overrides.setdefault("sms", {"enabled": False})
     return load_settings(
         database={"url": db},
         print={"spool_dir": str(tmp_path / "spool"), **overrides.pop("print", {})},

@@ -5,12 +5,16 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import func, select
+from alembic.script import ScriptDirectory
+from sqlalchemy import func, select, text
 
+from kanalvaxel.adapters.persistence import migrate
+from kanalvaxel.adapters.persistence.database import make_engine
 from kanalvaxel.adapters.persistence.tables import Base, WorkItemRow
 from kanalvaxel.bootstrap import Container
 from kanalvaxel.ports import ClientRecord, LeaseLostError
@@ -25,8 +29,32 @@ def test_migrations_build_exactly_the_tables_the_code_declares(container: Contai
 
 def test_migrating_twice_is_harmless(container: Container) -> None:
     container.migrate()
+    head = ScriptDirectory.from_config(migrate.alembic_config(container.engine)).get_current_head()
+    assert head is not None and head >= "0002"
     with container.engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == "0001"
+        assert MigrationContext.configure(conn).get_current_revision() == head
+
+
+def test_a_database_at_the_first_revision_upgrades_with_its_data(tmp_path: Path) -> None:
+    """An installation from before the send journal keeps its shipments when it upgrades."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        migrate.upgrade(engine, "0001")
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO api_clients (id, name, key_id, key_hash, senders, created_at) "
+                    "VALUES ('c1', 'old', 'k1', 'h', '[]', '2026-01-01 00:00:00')"
+                )
+            )
+        migrate.upgrade(engine)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT name FROM api_clients")).scalar_one() == "old"
+            assert conn.execute(text("SELECT count(*) FROM channel_sends")).scalar_one() == 0
+            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        assert diff == []
+    finally:
+        engine.dispose()
 
 
 def _submit(container: Container, client: ClientRecord, n: int) -> list[str]:

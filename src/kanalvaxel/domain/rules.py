@@ -185,6 +185,10 @@ class Decision:
         """The channels to try, in order."""
         return tuple(o.channel for o in self.options if o.eligible)
 
+    def notices_with(self, channel: Channel) -> tuple[Notice, ...]:
+        """The notices to send now that the letter went by `channel`."""
+        return tuple(n.notice for n in self.notices if n.eligible and channel in n.with_channels)
+
     def summary(self) -> str:
         """A Swedish one-paragraph explanation for customer service."""
         parts = [f"Regel «{self.rule}»."]
@@ -236,7 +240,8 @@ def _option(channel: Channel, codes: list[str]) -> ChannelOption:
     return ChannelOption(channel, True, (), "möjlig")
 
 
-def _check_certificate(cert: CertificateFacts | None, email: str | None, now: datetime) -> list[str]:
+def certificate_problems(cert: CertificateFacts | None, email: str | None, now: datetime) -> list[str]:
+    """Reason codes that make `cert` unusable for encrypting to `email` at `now` (empty: usable)."""
     if cert is None:
         return ["NO_CERTIFICATE"]
     if cert.problem is not None:
@@ -317,7 +322,7 @@ def decide(letter: Letter, facts: RecipientFacts, policy: Policy, now: datetime)
         elif channel is Channel.EMAIL_ENCRYPTED and not codes:
             if not info.email:
                 codes.append("NO_EMAIL_ADDRESS")
-            codes.extend(_check_certificate(facts.certificate, info.email, now))
+            codes.extend(certificate_problems(facts.certificate, info.email, now))
         elif channel is Channel.EMAIL and not codes:
             if not info.email:
                 codes.append("NO_EMAIL_ADDRESS")

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from kanalvaxel.domain.model import Channel, EventType, Letter, ShipmentState, check_transition
+from kanalvaxel.domain.model import Channel, EventType, Letter, Notice, ShipmentState, check_transition
 from kanalvaxel.domain.rules import CHANNEL_NAMES_SV, Decision, MailboxLookup, Policy, decide
 from kanalvaxel.ports import (
     AttemptRecord,
@@ -27,6 +27,8 @@ from kanalvaxel.ports import (
     EventRecord,
     FollowUpChannel,
     LeaseLostError,
+    NoticeJob,
+    NoticeSender,
     OutcomeKind,
     PrintBatchRecord,
     SenderInfo,
@@ -37,6 +39,7 @@ from kanalvaxel.ports import (
 from kanalvaxel.services import UowFactory
 from kanalvaxel.services.codec import decision_from_json, decision_to_json, letter_from_json
 from kanalvaxel.services.facts import FactsGatherer
+from kanalvaxel.services.notices import NOTICE_NAMES_SV, all_notices, notices_to_send, pending_notices
 from kanalvaxel.services.print_batches import PrintBatchCloser
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,8 @@ class DispatchSettings:
     backoff_max: timedelta = timedelta(hours=1)
     #: A work item claimed this many times without an outcome crashed its workers: give up on it.
     max_claims: int = 6
+    #: A notice (SMS) is tried this many times before it is recorded as not sent.
+    notice_max_attempts: int = 5
     failpoints: Mapping[str, float] = field(default_factory=dict)
 
 
@@ -75,6 +80,7 @@ class Dispatcher:
         printing: PrintBatchCloser | None,
         settings: DispatchSettings,
         worker_name: str,
+        notifiers: Mapping[Notice, NoticeSender] | None = None,
     ) -> None:
         self._uow = uow
         self._clock = clock
@@ -85,6 +91,7 @@ class Dispatcher:
         self._printing = printing
         self._settings = settings
         self._worker = worker_name
+        self._notifiers = dict(notifiers or {})
 
     # ----------------------------------------------------------------------------------------- driver
 
@@ -105,13 +112,21 @@ class Dispatcher:
         with self._uow() as uow:
             shp = uow.shipment(claim.shipment_id)
             content = uow.letter_content(claim.shipment_id)
-        if shp is None or ShipmentState(shp.state).terminal or content is None:
+        notify = (
+            shp is not None
+            and shp.state == ShipmentState.DELIVERED.value
+            and bool(pending_notices(shp.result))
+        )
+        if shp is None or content is None or (ShipmentState(shp.state).terminal and not notify):
             with self._uow() as uow:
                 uow.complete(claim, self._clock.now())
                 uow.commit()
             return
         if claim.claims > self._settings.max_claims:
-            self._give_up(claim, shp, "Arbetet avbröts upprepade gånger (arbetsprocessen kraschade).")
+            if notify:
+                self._give_up_notices(claim, shp, "Arbetet avbröts upprepade gånger.")
+            else:
+                self._give_up(claim, shp, "Arbetet avbröts upprepade gånger (arbetsprocessen kraschade).")
             return
         letter = letter_from_json(content[0], content[1])
         sender = self._senders.get(shp.sender_key)
@@ -121,6 +136,9 @@ class Dispatcher:
             )
             return
 
+        if notify:
+            self._notify(claim, shp, letter, sender)
+            return
         if shp.state == ShipmentState.HANDED_OVER.value:
             self._follow_up(claim, shp)
             return
@@ -274,7 +292,9 @@ class Dispatcher:
                 uow.enqueue(shp.id, at, now)
             if kind is OutcomeKind.DELIVERED:
                 result: dict[str, object] = {"channel": channel.value, **outcome.data}
-                self._delivered(uow, shp, channel, outcome.detail, result, now, details)
+                if outcome.external_ref:
+                    result["external_ref"] = outcome.external_ref
+                self._delivered(uow, shp, decision, channel, outcome.detail, result, now, details)
             elif kind is OutcomeKind.HANDED_OVER:
                 message = f"Överlämnad: {_name(channel)}. {outcome.detail}"
                 if channel is Channel.PRINT:
@@ -332,7 +352,7 @@ class Dispatcher:
             if outcome.kind is OutcomeKind.DELIVERED:
                 shp.updated_at = now
                 merged = {**result, **outcome.data, "delivered_at": now.isoformat()}
-                self._delivered(uow, shp, channel, outcome.detail, merged, now, details)
+                self._delivered(uow, shp, decision, channel, outcome.detail, merged, now, details)
             elif outcome.kind is OutcomeKind.FAILED:
                 shp.updated_at = now
                 self._fall_back(uow, shp, decision, channel, outcome.detail, now, details)
@@ -345,14 +365,20 @@ class Dispatcher:
         self,
         uow: UnitOfWork,
         shp: ShipmentRecord,
+        decision: Decision,
         channel: Channel,
         detail: str,
         result: dict[str, object],
         now: datetime,
         details: dict[str, object],
     ) -> None:
+        """Record the delivery; notices that go with `channel` are queued in the same transaction."""
         self._move(uow, shp, ShipmentState.DELIVERED)
         shp.finished_at = now
+        notices = notices_to_send(decision, channel)
+        if notices:
+            result = {**result, "notices": notices}
+            uow.enqueue(shp.id, now, now)
         shp.result = result
         uow.save_shipment(shp)
         uow.add_event(
@@ -445,6 +471,90 @@ class Dispatcher:
         self._finish_failed(
             uow, shp, now, "Ingen av de möjliga kanalerna kunde leverera försändelsen.", details
         )
+
+    # ---------------------------------------------------------------------------------------- notices
+
+    def _notify(self, claim: Claim, shp: ShipmentRecord, letter: Letter, sender: SenderInfo) -> None:
+        """Send the notices (SMS) of a delivered letter. The letter's own state never changes here."""
+        outcomes: dict[str, DeliveryOutcome] = {}
+        for kind, state in pending_notices(shp.result).items():
+            notice = Notice(kind)
+            adapter = self._notifiers.get(notice)
+            if adapter is None:
+                outcomes[kind] = DeliveryOutcome(OutcomeKind.FAILED, "Aviseringen är inte konfigurerad här.")
+                continue
+            job = NoticeJob(shp.id, notice, Channel(str(state["via"])), letter, sender)
+            try:
+                outcomes[kind] = adapter.notify(job)
+            except Exception as exc:  # an adapter bug: try again later rather than lose the notice
+                log.exception("notice %s raised for shipment %s", kind, shp.id)
+                outcomes[kind] = DeliveryOutcome(OutcomeKind.RETRY, f"Internt fel: {type(exc).__name__}")
+        now = self._clock.now()
+        with self._uow() as uow:
+            uow.complete(claim, now)
+            notices = all_notices(shp.result)
+            retry_at: datetime | None = None
+            for kind, outcome in outcomes.items():
+                state = dict(notices[kind])
+                attempts = int(str(state.get("attempts", 0))) + 1
+                state["attempts"] = attempts
+                name = NOTICE_NAMES_SV.get(Notice(kind), kind)
+                details: dict[str, object] = {"notice": kind, "attempt": attempts, **outcome.data}
+                if outcome.kind in (OutcomeKind.DELIVERED, OutcomeKind.HANDED_OVER):
+                    state.update(
+                        state="SENT", detail=outcome.detail, external_ref=outcome.external_ref, **outcome.data
+                    )
+                    state["sent_at"] = now.isoformat()
+                    message = f"{name} skickad. {outcome.detail}"
+                elif outcome.kind is OutcomeKind.RETRY and attempts < self._settings.notice_max_attempts:
+                    at = now + (
+                        outcome.retry_after
+                        or backoff(attempts, self._settings.backoff_base, self._settings.backoff_max, shp.id)
+                    )
+                    retry_at = at if retry_at is None else min(retry_at, at)
+                    state["detail"] = outcome.detail
+                    message = (
+                        f"{name} kunde inte skickas nu: {outcome.detail}. "
+                        f"Nytt försök {at:%Y-%m-%d %H:%M:%S} UTC."
+                    )
+                    details["retry_at"] = at.isoformat()
+                else:
+                    state.update(state="FAILED", detail=outcome.detail)
+                    message = f"{name} skickades inte: {outcome.detail}."
+                notices[kind] = state
+                if outcome.external_ref:
+                    details["external_ref"] = outcome.external_ref
+                uow.add_event(
+                    shp.id,
+                    EventRecord(now, EventType.NOTICE.value, message, shp.state, shp.channel, details),
+                )
+            shp.result = {**(shp.result or {}), "notices": notices}
+            uow.save_shipment(shp)
+            if retry_at is not None:
+                uow.enqueue(shp.id, retry_at, now)
+            uow.commit()
+
+    def _give_up_notices(self, claim: Claim, shp: ShipmentRecord, reason: str) -> None:
+        now = self._clock.now()
+        with self._uow() as uow:
+            uow.complete(claim, now)
+            notices = all_notices(shp.result)
+            for kind in pending_notices(shp.result):
+                notices[kind] = {**notices[kind], "state": "FAILED", "detail": reason}
+                uow.add_event(
+                    shp.id,
+                    EventRecord(
+                        now,
+                        EventType.NOTICE.value,
+                        f"{NOTICE_NAMES_SV.get(Notice(kind), kind)} skickades inte: {reason}",
+                        shp.state,
+                        shp.channel,
+                        {"notice": kind, "claims": claim.claims},
+                    ),
+                )
+            shp.result = {**(shp.result or {}), "notices": notices}
+            uow.save_shipment(shp)
+            uow.commit()
 
     # ---------------------------------------------------------------------------------------- helpers
 

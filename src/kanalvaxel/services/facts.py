@@ -7,7 +7,7 @@ from datetime import datetime
 
 from kanalvaxel.domain.model import Channel, Letter, Notice
 from kanalvaxel.domain.rules import MailboxLookup, RecipientFacts
-from kanalvaxel.ports import CertificateInspector, RecipientRegister, SenderInfo
+from kanalvaxel.ports import CertificateInspector, CertificateLookup, RecipientRegister, SenderInfo
 
 
 class FactsGatherer:
@@ -16,25 +16,34 @@ class FactsGatherer:
         register: RecipientRegister | None,
         certificates: CertificateInspector | None,
         unavailable: Mapping[Channel | Notice, str],
+        *,
+        certificate_directory: CertificateLookup | None = None,
+        sender_unavailable: Mapping[str, Mapping[Channel | Notice, str]] | None = None,
     ) -> None:
         self._register = register
         self._certificates = certificates
+        self._directory = certificate_directory
         self._unavailable = dict(unavailable)
+        #: Channels one sender identity cannot use (e.g. no S/MIME key to sign with), by sender key.
+        self._sender_unavailable = {k: dict(v) for k, v in (sender_unavailable or {}).items()}
 
     def gather(
         self, letter: Letter, sender: SenderInfo, accepted_at: datetime, *, bypass_cache: bool = False
     ) -> RecipientFacts:
-        """Ask FaR (if configured) and read the recipient's certificate (if given). Network I/O."""
+        """Ask FaR (if configured) and read the recipient's certificate (given, or from the configured
+        directory by e-mail address). Network I/O."""
+        unavailable = {**self._unavailable, **self._sender_unavailable.get(sender.key, {})}
         lookup = MailboxLookup.not_configured()
-        if self._register is not None and Channel.MINA_MEDDELANDEN not in self._unavailable:
+        if self._register is not None and Channel.MINA_MEDDELANDEN not in unavailable:
             answers = self._register.lookup(
                 sender.organisation_number, [letter.recipient], bypass_cache=bypass_cache
             )
             lookup = answers.get(letter.recipient.value) or MailboxLookup.not_configured()
         cert = None
-        pem = letter.recipient_info.smime_certificate_pem
+        info = letter.recipient_info
+        pem = info.smime_certificate_pem
+        if not pem and info.email and self._directory is not None:
+            pem = self._directory.find(info.email)
         if pem and self._certificates is not None:
             cert = self._certificates.inspect(pem)
-        return RecipientFacts(
-            mailbox=lookup, certificate=cert, unavailable=self._unavailable, accepted_at=accepted_at
-        )
+        return RecipientFacts(mailbox=lookup, certificate=cert, unavailable=unavailable, accepted_at=accepted_at)

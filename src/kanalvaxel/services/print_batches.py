@@ -21,6 +21,8 @@ from kanalvaxel.ports import (
     PrintSpool,
 )
 from kanalvaxel.services import UowFactory
+from kanalvaxel.services.codec import decision_from_json
+from kanalvaxel.services.notices import notices_to_send
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,12 @@ class PrintBatchCloser:
                 shp.state = ShipmentState.DELIVERED.value
                 shp.finished_at = done
                 shp.updated_at = done
+                if shp.decision is not None:
+                    notices = notices_to_send(decision_from_json(shp.decision)[0], Channel.PRINT)
+                    if notices:
+                        # The SMS goes once the letter is with the printer, not when it joined a batch.
+                        shp.result = {**(shp.result or {}), "notices": notices}
+                        uow.enqueue(sid, done, done)
                 uow.save_shipment(shp)
                 uow.add_event(
                     sid,

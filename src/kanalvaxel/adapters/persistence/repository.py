@@ -20,6 +20,7 @@ from kanalvaxel.adapters.persistence.tables import (
     EventRow,
     PrintBatchRow,
     PrintItemRow,
+    SentRow,
     ShipmentContentRow,
     ShipmentRow,
     WorkItemRow,
@@ -33,6 +34,7 @@ from kanalvaxel.ports import (
     EventRecord,
     LeaseLostError,
     PrintBatchRecord,
+    SentRecord,
     ShipmentRecord,
     StagedLetter,
 )
@@ -257,6 +259,31 @@ class SqlUnitOfWork:
             )
             or 0
         )
+
+    def sent_record(self, shipment_id: str, channel: str) -> SentRecord | None:
+        row = self.session.get(SentRow, (shipment_id, channel))
+        if row is None:
+            return None
+        return SentRecord(row.external_ref, row.detail, dict(row.data), row.sent_at)
+
+    def add_sent_record(self, shipment_id: str, channel: str, record: SentRecord) -> None:
+        if self.session.get(SentRow, (shipment_id, channel)) is not None:
+            return
+        try:
+            with self.session.begin_nested():
+                self.session.add(
+                    SentRow(
+                        shipment_id=shipment_id,
+                        channel=channel,
+                        external_ref=record.external_ref,
+                        detail=record.detail,
+                        data=dict(record.data),
+                        sent_at=record.sent_at,
+                    )
+                )
+                self.session.flush()
+        except IntegrityError:
+            pass  # a concurrent writer recorded it first: first write wins
 
     # ------------------------------------------------------------------------------------------ outbox
 

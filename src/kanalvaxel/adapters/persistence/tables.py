@@ -151,6 +151,20 @@ class AttemptRow(Base):
     external_ref: Mapped[str | None] = mapped_column(String(255))
 
 
+class SentRow(Base):
+    """What a channel without idempotency of its own already sent (ports.SendJournal): one row per
+    (shipment, channel or notice), written right after the remote side accepted."""
+
+    __tablename__ = "channel_sends"
+
+    shipment_id: Mapped[str] = mapped_column(ForeignKey("shipments.id"), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(32), primary_key=True)
+    external_ref: Mapped[str | None] = mapped_column(String(255))
+    detail: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    sent_at: Mapped[datetime]
+
+
 class WorkItemRow(Base):
     """The outbox. At most one live (READY or CLAIMED) item per shipment."""
 
