@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
+from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -72,7 +73,7 @@ def check_address(address: str) -> Address:
             raise EmailBuildError("the domain of the e-mail address is not a valid domain name") from exc
     try:
         parsed = Address(addr_spec=f"{local}@{domain}")
-    except (ValueError, IndexError) as exc:  # the header parser's words for "not one addr-spec"
+    except (ValueError, IndexError, HeaderParseError) as exc:  # the parser's words for "not one addr-spec"
         raise EmailBuildError("an e-mail address must be exactly one addr-spec") from exc
     # The parser also accepts a quoted local part ("a b"@c) or a domain literal; we never need those, and a
     # plain form is what every relay handles the same way.
