@@ -251,6 +251,21 @@ def test_one_refused_recipient_refuses_the_message(sinks: Sinks, dev_certs: Path
     assert (sink.attempts, sink.messages) == (0, [])
 
 
+def test_a_message_larger_than_the_advertised_size_is_permanent_and_never_sent(
+    sinks: Sinks, dev_certs: Path
+) -> None:
+    sink = sinks(max_size=len(MESSAGE) - 1)
+    with pytest.raises(SmtpPermanentError) as caught:
+        transport(sink, dev_certs).send(SENDER, [RECIPIENT], MESSAGE)
+    assert (caught.value.step, caught.value.code) == ("mail", None)
+    assert str(len(MESSAGE)) in caught.value.server_text
+    assert sink.attempts == 0
+    # aiosmtpd counts the dot-stuffed bytes on the wire, a little more than the message itself.
+    sink_that_fits = sinks(max_size=len(MESSAGE) + 100)
+    transport(sink_that_fits, dev_certs).send(SENDER, [RECIPIENT], MESSAGE)
+    assert sink_that_fits.messages[0].data == MESSAGE
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -366,9 +381,9 @@ def test_errors_belong_to_one_tree() -> None:
     assert not SmtpPermanentError("data", 554, "x").retryable
 
 
-def test_behave_refuses_what_is_not_a_refusal(sinks: Sinks) -> None:
+def test_behave_refuses_what_is_not_a_refusal() -> None:
     sink = SmtpSink(require_starttls=False)
-    for reply in ("250 Ok", "hej", "45 kort"):
+    for reply in ("250 Ok", "hej", "45 kort", "451 två\r\n250 rader"):
         with pytest.raises(ValueError, match="not a 4xx or 5xx"):
             sink.behave(reply)
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import DATA_SIZE_DEFAULT, SMTP, AuthResult, Envelope, LoginPassword, Session
 
 __all__ = ["ReceivedMail", "SmtpSink", "list_stored"]
 
@@ -120,6 +120,7 @@ class SmtpSink:
     ``implicit_tls``: TLS from the first byte (SMTPS) instead of STARTTLS.
     ``credentials``: user name → password for AUTH PLAIN/LOGIN, offered over TLS only and then required;
     None = no AUTH at all.
+    ``max_size``: the SIZE it advertises and enforces (552 at DATA), in bytes; None = aiosmtpd's 32 MiB.
     """
 
     def __init__(
@@ -131,6 +132,7 @@ class SmtpSink:
         implicit_tls: bool = False,
         credentials: Mapping[str, str] | None = None,
         store_dir: Path | None = None,
+        max_size: int | None = None,
     ) -> None:
         if (certificate is None) != (key is None):
             raise ValueError("certificate and key go together")
@@ -138,6 +140,8 @@ class SmtpSink:
             raise ValueError(
                 "STARTTLS and implicit TLS need a certificate and key (or require_starttls=False)"
             )
+        if certificate is None and credentials is not None:
+            raise ValueError("AUTH is offered over TLS only: credentials need a certificate and key")
         self._tls_context: ssl.SSLContext | None = None
         if certificate is not None and key is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -148,6 +152,7 @@ class SmtpSink:
         self._implicit_tls = implicit_tls
         self._credentials = dict(credentials) if credentials is not None else None
         self._store_dir = store_dir
+        self._max_size = max_size
         self._lock = threading.Condition()
         self._messages: list[ReceivedMail] = []
         self._attempts = 0
@@ -243,6 +248,7 @@ class SmtpSink:
             tls_context=None if self._implicit_tls else self._tls_context,
             require_starttls=self._require_starttls,
             enable_SMTPUTF8=True,
+            data_size_limit=self._max_size if self._max_size is not None else DATA_SIZE_DEFAULT,
             authenticator=self._authenticate if self._credentials is not None else None,
             auth_exclude_mechanism=None if self._credentials is not None else ("PLAIN", "LOGIN"),
             # aiosmtpd recognises only STARTTLS as TLS; on an implicit-TLS listener every connection is TLS.
@@ -259,7 +265,7 @@ class SmtpSink:
     ) -> None:
         """Answer the next ``times`` RCPT or DATA commands (``at``) with ``reply``, e.g. "451 4.3.0 Prova
         igen senare", storing nothing; ``times`` None = until changed. ``reply`` None = back to normal."""
-        if reply is not None and not _REPLY.match(reply):
+        if reply is not None and (not _REPLY.match(reply) or "\r" in reply or "\n" in reply):
             raise ValueError(f"not a 4xx or 5xx SMTP reply: {reply!r}")
         if at not in ("rcpt", "data"):
             raise ValueError(f"at must be 'rcpt' or 'data', not {at!r}")
