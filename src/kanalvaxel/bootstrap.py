@@ -21,7 +21,7 @@ from kanalvaxel.config import Settings
 from kanalvaxel.domain.errors import ConfigurationError, PolicyError
 from kanalvaxel.domain.model import Channel, Notice
 from kanalvaxel.domain.rules import Policy, load_policy
-from kanalvaxel.ports import ChannelAdapter, Clock, SenderInfo, UnitOfWork
+from kanalvaxel.ports import ChannelAdapter, Clock, NoticeSender, SenderInfo, UnitOfWork
 from kanalvaxel.services import UowFactory
 from kanalvaxel.services.clients import ClientService
 from kanalvaxel.services.content import ContentLimits
@@ -33,6 +33,7 @@ from kanalvaxel.services.queries import ShipmentQueries
 
 if TYPE_CHECKING:
     from kanalvaxel.adapters.digital_mail import DigitalMail
+    from kanalvaxel.adapters.messaging import Messaging
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,9 @@ class Container:
     dispatch_settings: DispatchSettings = field(default_factory=DispatchSettings)
     #: Digital mail: the embedded relay (its delivery worker runs beside ours) and the sandbox simulators.
     digital_mail: DigitalMail | None = None
+    #: E-mail (plain and S/MIME) and SMS notices, with the sandbox's SMTP sink and SMS simulator.
+    messaging: Messaging | None = None
+    notifiers: Mapping[Notice, NoticeSender] = field(default_factory=dict)
 
     def dispatcher(self, worker_name: str) -> Dispatcher:
         return Dispatcher(
@@ -82,6 +86,7 @@ class Container:
             self.printing,
             self.dispatch_settings,
             worker_name,
+            self.notifiers,
         )
 
     def migrate(self) -> None:
@@ -90,6 +95,8 @@ class Container:
     def close(self) -> None:
         if self.digital_mail is not None:
             self.digital_mail.close()
+        if self.messaging is not None:
+            self.messaging.close()
         self.engine.dispose()
 
 
@@ -142,8 +149,32 @@ def build(settings: Settings, *, clock: Clock | None = None, outside_world: bool
         digital_mail = build_digital_mail(settings)
         channels[Channel.MINA_MEDDELANDEN] = digital_mail.channel
         del unavailable[Channel.MINA_MEDDELANDEN]
+    messaging: Messaging | None = None
+    notifiers: dict[Notice, NoticeSender] = {}
+    if (settings.email.enabled or settings.sms.enabled) and outside_world:
+        from kanalvaxel.adapters.messaging import build_messaging
+
+        try:
+            messaging = build_messaging(settings, uow, clock)
+        except BaseException:
+            if digital_mail is not None:
+                digital_mail.close()
+            raise
+        if messaging.email is not None:
+            channels[Channel.EMAIL] = messaging.email
+            del unavailable[Channel.EMAIL]
+        if messaging.encrypted is not None:
+            channels[Channel.EMAIL_ENCRYPTED] = messaging.encrypted
+            del unavailable[Channel.EMAIL_ENCRYPTED]
+        if messaging.sms is not None:
+            notifiers[Notice.SMS] = messaging.sms
+            del unavailable[Notice.SMS]
     facts = FactsGatherer(
-        register=digital_mail.register if digital_mail else None, certificates=None, unavailable=unavailable
+        register=digital_mail.register if digital_mail else None,
+        certificates=messaging.inspector if messaging else None,
+        unavailable=unavailable,
+        certificate_directory=messaging.directory if messaging else None,
+        sender_unavailable=messaging.sender_unavailable if messaging else None,
     )
     w = settings.worker
     limits = settings.limits
@@ -171,10 +202,13 @@ def build(settings: Settings, *, clock: Clock | None = None, outside_world: bool
         queries=ShipmentQueries(uow, clock, policy, senders, facts),
         printing=printing,
         digital_mail=digital_mail,
+        messaging=messaging,
+        notifiers=notifiers,
         dispatch_settings=DispatchSettings(
             max_attempts_per_channel=w.max_attempts_per_channel,
             backoff_base=timedelta(seconds=w.backoff_base_seconds),
             backoff_max=timedelta(seconds=w.backoff_max_seconds),
+            notice_max_attempts=settings.sms.max_attempts,
             failpoints=dict(w.failpoints),
         ),
     )

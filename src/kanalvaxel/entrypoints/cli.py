@@ -17,7 +17,7 @@ import typer
 
 from kanalvaxel.bootstrap import Container, build
 from kanalvaxel.config import Settings, load_settings
-from kanalvaxel.domain.errors import KanalvaxelError
+from kanalvaxel.domain.errors import ConfigurationError, KanalvaxelError
 from kanalvaxel.entrypoints.api.app import mask_identity_numbers
 
 log = logging.getLogger("kanalvaxel")
@@ -149,10 +149,15 @@ def serve(
     h = host or settings.api.host
     p = port if port is not None else settings.api.port
     url = settings.api.public_url or f"http://{h}:{p}"
-    dm = container.digital_mail
+    dm, msg = container.digital_mail, container.messaging
+    worlds: dict[str, object] = {}
     if dm is not None and dm.world is not None:
+        worlds.update(dm.world.describe())
+    if msg is not None and msg.world is not None:
+        worlds.update(msg.world.describe())
+    if worlds:
         # Where the simulators listen (ephemeral ports): for people, and for tests driving a sandbox.
-        described = json.dumps(dm.world.describe(), indent=2, ensure_ascii=False)
+        described = json.dumps(worlds, indent=2, ensure_ascii=False)
         settings.var_dir.mkdir(parents=True, exist_ok=True)
         (settings.var_dir / "sandbox.json").write_text(described + "\n", encoding="utf-8")
         print(f"sandbox simulators (also in {settings.var_dir / 'sandbox.json'}):\n{described}", flush=True)
@@ -362,6 +367,50 @@ def dev_certs(force: Annotated[bool, typer.Option(help="Make new ones even if pr
     settings = load_settings()
     written = ensure_dev_certs(settings.dev_certs_dir, force=force)
     print(f"{len(written)} file(s) written to {settings.dev_certs_dir}")
+
+
+@app.command("sandbox-inbox")
+def sandbox_inbox(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """List what the sandbox's SMTP sink and SMS gateway simulator received (var/sandbox/)."""
+    import email
+    import email.policy
+
+    settings = load_settings()
+    if not settings.is_sandbox:
+        raise ConfigurationError("sandbox-inbox reads the sandbox's simulators; this is production")
+    root = settings.var_dir / "sandbox"
+    rows: list[dict[str, object]] = []
+    for path in sorted((root / "mail").glob("*.eml")):
+        msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        rows.append(
+            {
+                "kind": "e-post",
+                "file": str(path),
+                "date": str(msg.get("Date", "")),
+                "to": str(msg.get("To", "")),
+                "subject": str(msg.get("Subject", "")),
+                "encrypted": msg.get_content_type() == "application/pkcs7-mime",
+            }
+        )
+    for path in sorted((root / "sms").glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        rows.append(
+            {"kind": "sms", "file": str(path), **{k: data.get(k) for k in ("received_at", "to", "text")}}
+        )
+    if as_json:
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+        return
+    if not rows:
+        print(f"nothing received yet in {root}")
+    for row in rows:
+        if row["kind"] == "sms":
+            print(f"SMS    {row['received_at']}  {row['to']}: {row['text']}")
+        else:
+            lock = " [krypterad]" if row["encrypted"] else ""
+            print(f"E-POST {row['date']}  {row['to']}: {row['subject']}{lock}  ({row['file']})")
 
 
 def main() -> None:

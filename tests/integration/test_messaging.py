@@ -1,0 +1,459 @@
+"""E-mail and SMS end to end inside one process: kanalväxel's worker, a real SMTP server (the sandbox's
+aiosmtpd sink, STARTTLS with the development certificate) and the SMS gateway simulator over HTTPS, on SQLite
+and PostgreSQL. What the SMTP server stored is opened with `openssl cms` and the recipient's key."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kanalvaxel.bootstrap import Container, build
+from kanalvaxel.domain.model import Attachment, Channel, Confidentiality, Letter, Notice, RecipientInfo
+from kanalvaxel.domain.rules import NoticeRule, Policy, Rule, RuleMatch, decide
+from kanalvaxel.entrypoints.worker import Worker
+from kanalvaxel.ports import ClientRecord, DeliveryJob, OutcomeKind
+from kanalvaxel.sandbox.messaging_world import MessagingWorld
+from tests.integration.conftest import make_letter, make_pdf, settings_for
+
+ADDRESS = "mottagare@example.se"
+MOBILE = "070-123 45 67"
+
+
+def messaging_settings(db_url: str, tmp_path: Path, dev_certs: Path, **overrides: Any) -> Any:
+    return settings_for(
+        db_url,
+        tmp_path,
+        dev_certs,
+        email={"enabled": True, **overrides.pop("email", {})},
+        sms={"enabled": True, "retries": 0, **overrides.pop("sms", {})},
+        worker={
+            "poll_interval_seconds": 0.05,
+            "backoff_base_seconds": 0.2,
+            "backoff_max_seconds": 1,
+            "threads": 2,
+        },
+        print={"batch_max_age_seconds": 0},
+        **overrides,
+    )
+
+
+class Running:
+    def __init__(self, container: Container) -> None:
+        self.c = container
+        assert container.messaging is not None
+        assert container.messaging.world is not None
+        self.world: MessagingWorld = container.messaging.world
+        self.worker: Worker | None = None
+
+    def start(self, policy: Policy | None = None) -> Running:
+        """Start the worker, with `policy` instead of the built-in one (a Policy made in code may break the
+        loader's rules on purpose)."""
+        if policy is not None:
+            self.c.policy = policy
+        self.worker = Worker(self.c)
+        self.worker.start()
+        return self
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.stop(grace=5)
+
+    @property
+    def sink(self) -> Any:
+        assert self.world.sink is not None
+        return self.world.sink
+
+    @property
+    def sms(self) -> Any:
+        assert self.world.sms is not None
+        return self.world.sms
+
+    def submit(self, client: ClientRecord, letter: Letter, key: str) -> str:
+        return self.c.intake.submit(client, key, key, letter).shipment.id
+
+    def wait(self, sid: str, check: Any, timeout: float = 30) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.c.uow() as uow:
+                shp = uow.shipment(sid)
+            assert shp is not None
+            if check(shp):
+                return shp
+            time.sleep(0.05)
+        raise AssertionError(f"shipment {sid} never got there: {self.events(sid)}")
+
+    def wait_state(self, sid: str, *states: str) -> Any:
+        return self.wait(sid, lambda s: s.state in states)
+
+    def events(self, sid: str) -> list[tuple[str, str, dict[str, object]]]:
+        with self.c.uow() as uow:
+            return [(e.type, e.message, dict(e.details)) for e in uow.events(sid)]
+
+
+@pytest.fixture
+def running(db_url: str, tmp_path: Path, dev_certs: Path) -> Iterator[Running]:
+    c = build(messaging_settings(db_url, tmp_path, dev_certs))
+    c.migrate()
+    r = Running(c)
+    try:
+        yield r
+    finally:
+        r.stop()
+        c.close()
+
+
+@pytest.fixture
+def client(running: Running) -> ClientRecord:
+    return running.c.clients.add("ärendesystem", ["sandbox"]).client
+
+
+def letter(
+    *,
+    confidentiality: Confidentiality = Confidentiality.PUBLIC,
+    certificate: str | None = None,
+    mobile: str | None = None,
+    email_address: str | None = ADDRESS,
+    subject: str = "Beslut om bygglov",
+) -> Letter:
+    base = make_letter(confidentiality=confidentiality, email=email_address, subject=subject)
+    info: RecipientInfo = replace(base.recipient_info, smime_certificate_pem=certificate, mobile=mobile)
+    return replace(
+        base,
+        body="Hej!\n\nHär kommer beslutet om ditt bygglov. Hemlig-markör-7731.",
+        attachments=(Attachment("Beslut om bygglov – åäö.pdf", make_pdf("PDF-markör-4412")),),
+        recipient_info=info,
+    )
+
+
+def openssl(*args: str, data: bytes) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["openssl", *args], input=data, capture_output=True, check=False)
+
+
+def decrypt_and_verify(raw: bytes, certs: Path, key: str = "smime-recipient") -> email.message.EmailMessage:
+    dec = openssl(
+        "cms", "-decrypt", "-recip", str(certs / f"{key}.pem"), "-inkey", str(certs / f"{key}.key"), data=raw
+    )
+    assert dec.returncode == 0, dec.stderr.decode()
+    ver = openssl("cms", "-verify", "-CAfile", str(certs / "ca.pem"), data=dec.stdout)
+    assert ver.returncode == 0, ver.stderr.decode()
+    assert b"Verification successful" in ver.stderr
+    msg = email.message_from_bytes(ver.stdout, policy=email.policy.default)
+    assert isinstance(msg, email.message.EmailMessage)
+    return msg
+
+
+def body_and_pdfs(msg: email.message.EmailMessage) -> tuple[str, dict[str, bytes]]:
+    body = msg.get_body(preferencelist=("plain",))
+    assert body is not None
+    pdfs = {
+        str(part.get_filename()): part.get_content()
+        for part in msg.iter_attachments()
+        if part.get_content_type() == "application/pdf"
+    }
+    # MIME text travels with CRLF line ends (RFC 5322); the letter's text is compared with LF.
+    return str(body.get_content()).replace("\r\n", "\n"), pdfs
+
+
+# --------------------------------------------------------------------------------------- encrypted e-mail
+
+
+def test_a_confidential_letter_arrives_encrypted_and_only_the_recipients_key_opens_it(
+    running: Running, client: ClientRecord, dev_certs: Path
+) -> None:
+    running.start()
+    pem = (dev_certs / "smime-recipient.pem").read_text()
+    sent = letter(confidentiality=Confidentiality.CONFIDENTIAL, certificate=pem, mobile=MOBILE)
+    sid = running.submit(client, sent, "conf-1")
+    shp = running.wait_state(sid, "DELIVERED", "FAILED", "HANDED_OVER")
+    assert (shp.state, shp.channel) == ("DELIVERED", "email_encrypted")
+    [mail] = running.sink.messages
+    assert mail.rcpt_tos == (ADDRESS,)
+    assert mail.tls
+    raw = mail.data
+    # Without the key nothing of the content is readable in what the server stored.
+    for secret in (b"Hemlig-m", b"bygglov", "Hemlig-markör".encode(), b"PDF-mark", b"Beslut", b"%PDF"):
+        assert secret not in raw
+    outer = email.message_from_bytes(raw, policy=email.policy.default)
+    assert outer.get_content_type() == "application/pkcs7-mime"
+    assert "bygglov" not in str(outer["Subject"])
+    printed = openssl("cms", "-cmsout", "-print", "-inform", "SMIME", data=raw).stdout
+    assert b"aes-256-cbc" in printed
+    inner = decrypt_and_verify(raw, dev_certs)
+    text, pdfs = body_and_pdfs(inner)
+    assert sent.body in text
+    assert pdfs == {a.filename: a.content for a in sent.attachments}
+    assert inner["Subject"] == sent.subject
+    # Another key cannot open it.
+    other = openssl(
+        "cms", "-decrypt", "-recip", str(dev_certs / "smime-sender.pem"),
+        "-inkey", str(dev_certs / "smime-sender.key"), data=raw,
+    )  # fmt: skip
+    assert other.returncode != 0
+    # The record names the channel, a masked address and the SMTP queue id; never the full address.
+    delivered = [d for t, _m, d in running.events(sid) if t == "DELIVERED"]
+    assert delivered
+    assert delivered[0]["email"] == "mo*******@example.se"
+    assert delivered[0]["smtp_queue_id"] == mail.queue_id
+    assert all(ADDRESS not in m and ADDRESS not in str(d) for _t, m, d in running.events(sid))
+    # A confidential letter never gets an SMS, mobile number or not.
+    assert running.sms.requests == 0
+
+
+@pytest.mark.parametrize(
+    ("certificate", "code"),
+    [
+        (None, "NO_CERTIFICATE"),
+        ("smime-expired", "CERTIFICATE_EXPIRED"),
+        ("smime-signonly", "CERTIFICATE_NOT_FOR_ENCRYPTION"),
+    ],
+)
+def test_a_confidential_letter_without_a_usable_certificate_goes_to_print_never_email_or_sms(
+    running: Running, client: ClientRecord, dev_certs: Path, certificate: str | None, code: str
+) -> None:
+    running.start()
+    pem = (dev_certs / f"{certificate}.pem").read_text() if certificate else None
+    sid = running.submit(
+        client, letter(confidentiality=Confidentiality.CONFIDENTIAL, certificate=pem, mobile=MOBILE), "c"
+    )
+    shp = running.wait_state(sid, "HANDED_OVER", "DELIVERED", "FAILED")
+    assert shp.channel == "print"
+    options = {o["channel"]: o for o in shp.decision["options"]}
+    assert code in options["email_encrypted"]["codes"]
+    assert "email" not in options  # the built-in policy never lists plain e-mail for confidential letters
+    running.wait_state(sid, "DELIVERED")  # the print batch closes (max age 0)
+    time.sleep(0.3)  # a notice, if one were (wrongly) queued, would go now
+    assert running.sink.attempts == 0
+    assert running.sink.messages == []
+    assert running.sms.requests == 0
+
+
+def test_a_policy_listing_plain_email_first_still_never_sends_confidential_content_by_email_or_sms(
+    running: Running, client: ClientRecord
+) -> None:
+    # The loader refuses such a policy; one built in code must be refused again by the decision.
+    running.start(
+        Policy(
+            rules=(
+                Rule(
+                    "felaktig",
+                    RuleMatch(),
+                    (Channel.EMAIL, Channel.EMAIL_ENCRYPTED, Channel.PRINT),
+                    (NoticeRule(Notice.SMS, frozenset({Channel.PRINT, Channel.EMAIL})),),
+                ),
+            )
+        )
+    )
+    sid = running.submit(client, letter(confidentiality=Confidentiality.CONFIDENTIAL, mobile=MOBILE), "f")
+    shp = running.wait_state(sid, "DELIVERED", "FAILED")
+    assert shp.channel == "print"
+    options = {o["channel"]: o for o in shp.decision["options"]}
+    assert options["email"]["codes"] == ["CONFIDENTIAL_CONTENT"]
+    assert options["email_encrypted"]["codes"] == ["NO_CERTIFICATE"]
+    assert shp.decision["notices"][0]["eligible"] is False
+    time.sleep(0.3)
+    assert running.sink.attempts == 0
+    assert running.sms.requests == 0
+    assert "notices" not in (shp.result or {})
+
+
+# ------------------------------------------------------------------------------------------ plain e-mail
+
+
+def test_a_public_letter_goes_by_plain_email_with_correct_mime(
+    running: Running, client: ClientRecord
+) -> None:
+    running.start()
+    sent = letter()
+    sid = running.submit(client, sent, "pub-1")
+    shp = running.wait_state(sid, "DELIVERED", "FAILED", "HANDED_OVER")
+    assert (shp.state, shp.channel) == ("DELIVERED", "email")
+    [mail] = running.sink.messages
+    assert mail.mail_from == "noreply@sandlada.example.se"
+    assert mail.rcpt_tos == (ADDRESS,)
+    msg = email.message_from_bytes(mail.data, policy=email.policy.default)
+    assert msg["To"] == ADDRESS
+    assert msg["From"].addresses[0].display_name == "Sandlådans kommun (utveckling)"
+    assert msg["From"].addresses[0].addr_spec == "noreply@sandlada.example.se"
+    assert msg["Subject"] == "Beslut om bygglov"
+    assert msg["Message-ID"] == f"<{sid}.email@sandlada.example.se>"
+    assert msg["Date"].datetime is not None
+    text, pdfs = body_and_pdfs(msg)
+    assert sent.body in text
+    assert "Ring kontaktcenter" in text
+    assert pdfs == {a.filename: a.content for a in sent.attachments}
+    assert shp.result["smtp_queue_id"] == mail.queue_id
+
+
+def test_email_notice_only_sends_no_content(running: Running, client: ClientRecord, tmp_path: Path) -> None:
+    running.start(
+        Policy(
+            rules=(Rule("avisering", RuleMatch(), (Channel.EMAIL, Channel.PRINT), email_notice_only=True),)
+        )
+    )
+    sid = running.submit(client, letter(), "n-1")
+    assert running.wait_state(sid, "DELIVERED", "FAILED").channel == "email"
+    [mail] = running.sink.messages
+    msg = email.message_from_bytes(mail.data, policy=email.policy.default)
+    assert list(msg.iter_attachments()) == []
+    body = msg.get_body(preferencelist=("plain",))
+    assert body is not None
+    assert "Sandlådans kommun" in str(body.get_content())
+    assert "Hemlig-markör" not in str(body.get_content())
+
+
+# --------------------------------------------------------------------------------------------------- SMTP
+
+
+def test_an_smtp_server_answering_4xx_for_a_while_gets_the_letter_once_after_it_recovers(
+    running: Running, client: ClientRecord
+) -> None:
+    running.start()
+    running.sink.behave("451 4.3.0 Tillfälligt fel, försök igen", times=2)
+    sid = running.submit(client, letter(), "r-1")
+    shp = running.wait_state(sid, "DELIVERED", "FAILED", "HANDED_OVER")
+    assert (shp.state, shp.channel) == ("DELIVERED", "email")
+    assert len(running.sink.messages) == 1
+    assert running.sink.attempts == 3
+    with running.c.uow() as uow:
+        outcomes = [(a.channel, a.outcome) for a in uow.attempts(sid)]
+    assert outcomes == [("email", "RETRY"), ("email", "RETRY"), ("email", "DELIVERED")]
+    assert any("451" in m for t, m, _d in running.events(sid) if t == "ATTEMPT")
+
+
+def test_an_smtp_server_answering_5xx_makes_the_letter_fall_back_with_the_reason(
+    running: Running, client: ClientRecord
+) -> None:
+    running.start()
+    running.sink.behave("554 5.7.1 Meddelandet avvisat av policy")
+    sid = running.submit(client, letter(), "f-1")
+    shp = running.wait_state(sid, "HANDED_OVER", "DELIVERED", "FAILED")
+    assert shp.channel == "print"
+    failed = [m for t, m, _d in running.events(sid) if t == "CHANNEL_FAILED"]
+    assert failed
+    assert "554" in failed[0]
+    assert "avvisat av policy" in failed[0]
+    assert running.sink.messages == []
+
+
+def test_a_resend_after_a_crash_is_answered_from_the_journal_not_sent_again(
+    running: Running, client: ClientRecord
+) -> None:
+    running.start()
+    sid = running.submit(client, letter(), "j-1")
+    running.wait_state(sid, "DELIVERED")
+    c = running.c
+    sent = letter()
+    decision = decide(
+        sent, c.facts.gather(sent, c.senders["sandbox"], c.clock.now()), c.policy, c.clock.now()
+    )
+    job = DeliveryJob(sid, 9, Channel.EMAIL, sent, c.senders["sandbox"], decision)
+    again = c.channels[Channel.EMAIL].send(job)
+    assert again.kind is OutcomeKind.DELIVERED
+    assert again.external_ref == running.sink.messages[0].queue_id
+    assert len(running.sink.messages) == 1
+    assert running.sink.attempts == 1
+
+
+# ---------------------------------------------------------------------------------------------------- SMS
+
+
+def _print_with_sms(running: Running) -> None:
+    running.start(
+        Policy(
+            rules=(
+                Rule(
+                    "papper med sms",
+                    RuleMatch(confidentiality=frozenset({Confidentiality.PUBLIC, Confidentiality.INTERNAL})),
+                    (Channel.PRINT,),
+                    (NoticeRule(Notice.SMS, frozenset({Channel.PRINT})),),
+                ),
+                Rule("övrigt", RuleMatch(), (Channel.PRINT,)),
+            )
+        )
+    )
+
+
+def test_an_sms_notice_accompanies_a_print_letter_when_the_policy_says_so(
+    running: Running, client: ClientRecord
+) -> None:
+    _print_with_sms(running)
+    sid = running.submit(client, letter(mobile=MOBILE, email_address=None), "s-1")
+    shp = running.wait(
+        sid, lambda s: (s.result or {}).get("notices", {}).get("sms", {}).get("state") == "SENT"
+    )
+    assert (shp.state, shp.channel) == ("DELIVERED", "print")
+    [sms] = running.sms.messages
+    assert sms.to == "+46701234567"
+    assert "Sandlådans kommun" in sms.text
+    assert "posten" in sms.text
+    assert sms.reference == sid
+    notice = shp.result["notices"]["sms"]
+    assert notice["sms_message_id"] == sms.id
+    assert notice["mobile"] == "+4670*****67"
+    notices = [(m, d) for t, m, d in running.events(sid) if t == "NOTICE"]
+    assert len(notices) == 1
+    assert "+4670*****67" in notices[0][0]
+    assert all("701234567" not in m and "701234567" not in str(d) for _t, m, d in running.events(sid))
+    # The notice went after the print file was handed to the printer, not before.
+    kinds = [t for t, _m, _d in running.events(sid)]
+    assert kinds.index("NOTICE") > kinds.index("DELIVERED")
+
+
+def test_an_sms_gateway_failing_for_now_sends_the_notice_once_later_and_never_fails_the_letter(
+    running: Running, client: ClientRecord
+) -> None:
+    _print_with_sms(running)
+    running.sms.behave(status=503, times=2)
+    sid = running.submit(client, letter(mobile=MOBILE, email_address=None), "s-2")
+    shp = running.wait(
+        sid, lambda s: (s.result or {}).get("notices", {}).get("sms", {}).get("state") == "SENT"
+    )
+    assert shp.state == "DELIVERED"
+    assert len(running.sms.messages) == 1
+    assert running.sms.requests == 3
+    assert shp.result["notices"]["sms"]["attempts"] == 3
+
+
+def test_an_sms_gateway_refusing_records_the_notice_as_not_sent_and_the_letter_stays_delivered(
+    running: Running, client: ClientRecord
+) -> None:
+    _print_with_sms(running)
+    running.sms.behave(status=422)
+    sid = running.submit(client, letter(mobile=MOBILE, email_address=None), "s-3")
+    shp = running.wait(
+        sid, lambda s: (s.result or {}).get("notices", {}).get("sms", {}).get("state") == "FAILED"
+    )
+    assert shp.state == "DELIVERED"
+    assert running.sms.messages == []
+    assert any("skickades inte" in m for t, m, _d in running.events(sid) if t == "NOTICE")
+
+
+def test_no_sms_without_a_mobile_number_and_the_decision_says_why(
+    running: Running, client: ClientRecord
+) -> None:
+    _print_with_sms(running)
+    sid = running.submit(client, letter(email_address=None), "s-4")
+    shp = running.wait_state(sid, "DELIVERED")
+    assert shp.decision["notices"][0]["codes"] == ["NO_MOBILE_NUMBER"]
+    time.sleep(0.3)
+    assert running.sms.requests == 0
+
+
+def test_backoff_is_used_between_smtp_retries(running: Running, client: ClientRecord) -> None:
+    running.start()
+    running.sink.behave("421 4.7.0 Try again later", times=1)
+    sid = running.submit(client, letter(), "b-1")
+    running.wait_state(sid, "DELIVERED")
+    with running.c.uow() as uow:
+        first, second = uow.attempts(sid)
+    assert first.finished_at is not None
+    assert second.started_at - first.finished_at >= timedelta(seconds=0.15)
