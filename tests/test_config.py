@@ -146,3 +146,79 @@ def test_sandbox_fills_digital_mail_with_development_certificates(dev_certs: Pat
     assert mm.seal_certificate == dev_certs / "relay.pem"
     assert mm.client_certificate == dev_certs / "client.pem"
     assert mm.trust_anchors == (dev_certs / "ca.pem",)
+
+
+# ------------------------------------------------------------------------------------- e-mail and SMS
+
+
+def test_production_email_and_sms_name_every_missing_setting(tmp_path: Path) -> None:
+    sender = _production_sender(tmp_path / "s.pem", tmp_path / "s.key")
+    with pytest.raises(ConfigurationError) as err:
+        load_settings(environment="production", senders=[sender], mina_meddelanden={"enabled": False})
+    assert "email.smtp_host" in str(err.value)
+    assert "email.from_address" in str(err.value)
+    with pytest.raises(ConfigurationError) as err:
+        load_settings(
+            environment="production",
+            senders=[sender],
+            mina_meddelanden={"enabled": False},
+            email={"enabled": False},
+        )
+    for name in ("sms.gateway_url", "sms.token", "sms.sender_id"):
+        assert name in str(err.value)
+
+
+def test_production_refuses_email_in_clear_and_a_password_without_tls(tmp_path: Path) -> None:
+    sender = {**_production_sender(tmp_path / "s.pem", tmp_path / "s.key"), "email_address": "a@kommun.se"}
+    with pytest.raises(ConfigurationError, match="security = none"):
+        load_settings(
+            environment="production",
+            senders=[sender],
+            mina_meddelanden={"enabled": False},
+            sms={"enabled": False},
+            email={"smtp_host": "smtp.kommun.se", "security": "none"},
+        )
+    with pytest.raises(ConfigurationError, match="password in clear"):
+        load_settings(email={"security": "none", "username": "kv"})
+    ok = load_settings(
+        environment="production",
+        senders=[sender],
+        mina_meddelanden={"enabled": False},
+        sms={"enabled": False},
+        email={"smtp_host": "smtp.kommun.se"},
+    )
+    assert ok.email.security == "starttls"
+
+
+def test_production_refuses_development_smime_certificates(dev_certs: Path, tmp_path: Path) -> None:
+    sender = {
+        **_production_sender(tmp_path / "s.pem", tmp_path / "s.key"),
+        "smime_certificate": str(dev_certs / "smime-sender.pem"),
+        "smime_key": str(dev_certs / "smime-sender.key"),
+    }
+    with pytest.raises(ConfigurationError, match=r"smime_certificate.*development certificate"):
+        load_settings(
+            environment="production",
+            dev_certs_dir=str(dev_certs),
+            senders=[sender],
+            mina_meddelanden={"enabled": False},
+            email={"enabled": False},
+            sms={"enabled": False},
+        )
+
+
+def test_sandbox_fills_email_and_sms_with_the_simulators_and_development_certificates(
+    dev_certs: Path,
+) -> None:
+    s = load_settings(dev_certs_dir=str(dev_certs))
+    assert s.email.enabled
+    assert s.email.smtp_host is None  # = the SMTP sink the sandbox starts
+    assert s.email.ca_bundle == dev_certs / "ca.pem"
+    assert s.email.recipient_trust_anchors == (dev_certs / "ca.pem",)
+    assert s.sms.gateway_url is None
+    assert s.sms.token is not None
+    (sender,) = s.senders
+    assert sender.smime_certificate == dev_certs / "smime-sender.pem"
+    assert sender.email_address == "noreply@sandlada.example.se"
+    # A real SMTP relay named in the sandbox keeps the system's trust store unless told otherwise.
+    assert load_settings(email={"smtp_host": "smtp.example.se"}).email.ca_bundle is None

@@ -53,6 +53,7 @@ KNOWN_CODES = {
     "NOT_WITH_CHOSEN_CHANNEL",
     "WAITING_FOR_REGISTER",
     "NOT_A_CHANNEL",
+    "PROTECTED_IDENTITY",
 }
 RAW_CODE = re.compile(r"\b[A-Z]{2,}_[A-Z_]+\b")
 
@@ -102,6 +103,11 @@ def check_invariants(
             event("confidential letter matched a rule listing plain e-mail")
         if rule is not None and rule.notices:
             event("confidential letter matched a rule with notices")
+
+    # Skyddad identitet: never e-mail of either kind, never an SMS.
+    if letter.recipient_info.protected_identity:
+        assert not [o for o in eligible if o.channel in (Channel.EMAIL, Channel.EMAIL_ENCRYPTED)]
+        assert eligible_notices == []
 
     # Nothing this installation cannot use now.
     for o in eligible:

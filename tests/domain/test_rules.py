@@ -585,3 +585,31 @@ def test_plain_string_channels_are_checked_like_channels() -> None:
         make_letter(info=info, confidentiality=Confidentiality.CONFIDENTIAL), all_good_facts(), policy, NOW
     )
     assert [o.codes for o in decision.options] == [("NO_POSTAL_ADDRESS",), ("CONFIDENTIAL_CONTENT",)]
+
+
+# -------------------------------------------------------------------- skyddad identitet, notices due
+
+
+def test_protected_identity_never_gets_email_or_sms_whatever_the_policy_lists() -> None:
+    info = RecipientInfo(
+        name="A", postal_address=ADDRESS, email="a@example.se", mobile="+46701234567", protected_identity=True
+    )
+    policy = single_rule(EMAIL, EE, MM, PRINT, notices=(sms(PRINT, MM),))
+    decision = decide(make_letter(info=info), all_good_facts(), policy, NOW)
+    assert decision.channels == (MM, PRINT)
+    assert option(decision, EMAIL).codes == ("PROTECTED_IDENTITY",)
+    assert option(decision, EE).codes == ("PROTECTED_IDENTITY",)
+    assert decision.notices[0].codes == ("PROTECTED_IDENTITY",)
+    assert "skyddad identitet" in option(decision, EMAIL).reason
+    assert decision.notices_with(PRINT) == ()
+    open_info = RecipientInfo(name="A", postal_address=ADDRESS, email="a@example.se", mobile="+46701234567")
+    unprotected = decide(make_letter(info=open_info), all_good_facts(), policy, NOW)
+    assert unprotected.channels[0] == EMAIL
+    assert "PROTECTED_IDENTITY" not in option(unprotected, EE).codes
+    assert unprotected.notices_with(PRINT) == (Notice.SMS,)
+
+
+def test_notices_with_names_the_notices_due_for_the_channel_that_delivered() -> None:
+    decision = decide(make_letter(), all_good_facts(), single_rule(MM, PRINT, notices=(sms(PRINT),)), NOW)
+    assert decision.notices_with(PRINT) == (Notice.SMS,)
+    assert decision.notices_with(MM) == ()

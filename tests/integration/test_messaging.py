@@ -457,3 +457,76 @@ def test_backoff_is_used_between_smtp_retries(running: Running, client: ClientRe
         first, second = uow.attempts(sid)
     assert first.finished_at is not None
     assert second.started_at - first.finished_at >= timedelta(seconds=0.15)
+
+
+# -------------------------------------------------------------------------------------------- wiring
+
+
+def _sqlite(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'wiring.db'}"
+
+
+def test_a_sender_without_an_smime_identity_has_no_encrypted_email_and_the_decision_says_so(
+    tmp_path: Path, dev_certs: Path
+) -> None:
+    sender = {
+        "key": "sandbox",
+        "organisation_number": "2120000001",
+        "name": "Kommunen",
+        "email_address": "noreply@sandlada.example.se",
+    }
+    c = build(messaging_settings(_sqlite(tmp_path), tmp_path, dev_certs, senders=[sender]))
+    try:
+        c.migrate()
+        pem = (dev_certs / "smime-recipient.pem").read_text()
+        sent = letter(confidentiality=Confidentiality.CONFIDENTIAL, certificate=pem)
+        facts = c.facts.gather(sent, c.senders["sandbox"], c.clock.now())
+        decision = decide(sent, facts, c.policy, c.clock.now())
+        options = {o.channel: o for o in decision.options}
+        assert options[Channel.EMAIL_ENCRYPTED].codes == ("CHANNEL_NOT_CONFIGURED",)
+        assert decision.channels == (Channel.PRINT,)
+    finally:
+        c.close()
+
+
+def test_an_smime_certificate_for_another_address_than_the_from_address_is_refused_at_start(
+    tmp_path: Path, dev_certs: Path
+) -> None:
+    from kanalvaxel.domain.errors import ConfigurationError
+
+    sender = {
+        "key": "sandbox",
+        "organisation_number": "2120000001",
+        "name": "Kommunen",
+        "email_address": "registrator@kommun.example.se",
+        "smime_certificate": str(dev_certs / "smime-sender.pem"),
+        "smime_key": str(dev_certs / "smime-sender.key"),
+    }
+    with pytest.raises(ConfigurationError, match=r"registrator@kommun\.example\.se"):
+        build(messaging_settings(_sqlite(tmp_path), tmp_path, dev_certs, senders=[sender]))
+
+
+def test_a_certificate_directory_supplies_the_certificate_the_case_system_did_not_send(
+    tmp_path: Path, dev_certs: Path
+) -> None:
+    directory = tmp_path / "certifikat"
+    directory.mkdir()
+    (directory / "mottagare.pem").write_bytes((dev_certs / "smime-recipient.pem").read_bytes())
+    c = build(
+        messaging_settings(
+            _sqlite(tmp_path), tmp_path, dev_certs, email={"certificate_directory": str(directory)}
+        )
+    )
+    try:
+        c.migrate()
+        r = Running(c).start()
+        client = c.clients.add("ärendesystem", ["sandbox"]).client
+        sid = r.submit(client, letter(confidentiality=Confidentiality.CONFIDENTIAL), "dir-1")
+        shp = r.wait_state(sid, "DELIVERED", "FAILED", "HANDED_OVER")
+        assert shp.channel == "email_encrypted"
+        [mail] = r.sink.messages
+        text, _pdfs = body_and_pdfs(decrypt_and_verify(mail.data, dev_certs))
+        assert "Hemlig-markör-7731" in text
+        r.stop()
+    finally:
+        c.close()

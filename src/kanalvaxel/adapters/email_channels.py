@@ -16,7 +16,13 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from kanalvaxel.adapters.email_message import EmailBuildError, MailParties, build_plain_email, make_message_id
+from kanalvaxel.adapters.email_message import (
+    EmailBuildError,
+    MailParties,
+    build_plain_email,
+    check_address,
+    make_message_id,
+)
 from kanalvaxel.adapters.smime import SmimeError, SmimeSigner, build_encrypted_email
 from kanalvaxel.adapters.smtp import SmtpError, SmtpPermanentError, SmtpTransport
 from kanalvaxel.domain.masking import mask_email
@@ -87,7 +93,11 @@ class _SmtpChannel:
     def _submit(self, job: DeliveryJob, parties: MailParties, message: bytes) -> DeliveryOutcome:
         masked = mask_email(parties.to_address)
         try:
-            receipt = self._transport.send(parties.from_address, [parties.to_address], message)
+            # The envelope carries the same ASCII (IDNA) form the builder wrote into the headers.
+            envelope_to = check_address(parties.to_address).addr_spec
+            receipt = self._transport.send(parties.from_address, [envelope_to], message)
+        except EmailBuildError as exc:
+            return DeliveryOutcome(OutcomeKind.FAILED, f"E-postadressen kan inte användas: {exc}")
         except SmtpPermanentError as exc:
             return DeliveryOutcome(
                 OutcomeKind.FAILED,

@@ -147,8 +147,18 @@ def _build(
                     raise ConfigurationError(
                         f"email.certificate_directory {em.certificate_directory} is not a directory"
                     )
-                directory = CertificateDirectory(em.certificate_directory)
+                # With the inspector (and its trust anchors) the directory prefers trusted certificates.
+                directory = CertificateDirectory(em.certificate_directory, inspector=inspector)
             signers = load_smime_signers(settings)
+            for key, signer in signers.items():
+                address = origin.from_address(key)
+                if address and address.lower() not in signer.email_addresses:
+                    # Recipients' mail programs would flag every signature as not the sender's.
+                    raise ConfigurationError(
+                        f"senders[{key}]: the S/MIME certificate is for "
+                        f"{', '.join(sorted(signer.email_addresses)) or 'no e-mail address'}, "
+                        f"not the From address {address}"
+                    )
             for sender in settings.senders:
                 if sender.key not in signers:
                     log.warning("sender %s has no S/MIME identity: no encrypted e-mail for it", sender.key)

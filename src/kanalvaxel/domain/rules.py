@@ -4,7 +4,8 @@ An operator edits the policy (a TOML file). Rules are tried in order; the first 
 letter gives the ordered channel list. Every listed channel is then checked against the facts, and the
 decision keeps, for each channel, why it was chosen or skipped. Two guarantees hold whatever the policy
 says: confidential content never goes to a plain channel (the loader refuses such a policy, and
-`decide` refuses it again), and an SMS is only ever a notice beside another channel.
+`decide` refuses it again), a recipient with skyddad identitet never gets e-mail or SMS, and an SMS is only
+ever a notice beside another channel.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from typing import Any, TypeVar
 
 from kanalvaxel.domain.errors import PolicyError
 from kanalvaxel.domain.model import PLAIN_CHANNELS, Channel, Confidentiality, Letter, Notice
+
+#: A recipient with skyddad identitet gets neither (the API promises it, whatever the policy says).
+EMAIL_CHANNELS: frozenset[Channel] = frozenset({Channel.EMAIL, Channel.EMAIL_ENCRYPTED})
 
 
 class Audience(enum.StrEnum):
@@ -227,6 +231,7 @@ _REASONS_SV: Mapping[str, str] = {
     "NOT_WITH_CHOSEN_CHANNEL": "aviseringen hör inte till någon av de valda kanalerna",
     "WAITING_FOR_REGISTER": "väntar på FaR",
     "NOT_A_CHANNEL": "är ingen kanal (ett SMS kan bara vara en avisering)",
+    "PROTECTED_IDENTITY": "mottagaren har skyddad identitet: aldrig e-post eller sms",
 }
 
 
@@ -297,6 +302,8 @@ def decide(letter: Letter, facts: RecipientFacts, policy: Policy, now: datetime)
             codes.append("CHANNEL_NOT_CONFIGURED")
         if confidential and channel in PLAIN_CHANNELS:
             codes.append("CONFIDENTIAL_CONTENT")
+        if info.protected_identity and channel in EMAIL_CHANNELS:
+            codes.append("PROTECTED_IDENTITY")
         if channel is Channel.MINA_MEDDELANDEN and not codes:
             lookup = facts.mailbox
             if lookup.state is LookupState.NOT_CONFIGURED:
@@ -347,6 +354,8 @@ def decide(letter: Letter, facts: RecipientFacts, policy: Policy, now: datetime)
             codes.append("CHANNEL_NOT_CONFIGURED")
         if confidential:
             codes.append("CONFIDENTIAL_CONTENT")
+        if info.protected_identity:
+            codes.append("PROTECTED_IDENTITY")
         if nr.notice == Notice.SMS and not info.mobile:
             codes.append("NO_MOBILE_NUMBER")
         if retry_at is not None:
