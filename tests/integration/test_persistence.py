@@ -30,7 +30,8 @@ def test_migrations_build_exactly_the_tables_the_code_declares(container: Contai
 def test_migrating_twice_is_harmless(container: Container) -> None:
     container.migrate()
     head = ScriptDirectory.from_config(migrate.alembic_config(container.engine)).get_current_head()
-    assert head is not None and head >= "0002"
+    assert head is not None
+    assert head >= "0002"
     with container.engine.connect() as conn:
         assert MigrationContext.configure(conn).get_current_revision() == head
 

@@ -46,4 +46,6 @@ class FactsGatherer:
             pem = self._directory.find(info.email)
         if pem and self._certificates is not None:
             cert = self._certificates.inspect(pem)
-        return RecipientFacts(mailbox=lookup, certificate=cert, unavailable=unavailable, accepted_at=accepted_at)
+        return RecipientFacts(
+            mailbox=lookup, certificate=cert, unavailable=unavailable, accepted_at=accepted_at
+        )
