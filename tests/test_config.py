@@ -180,14 +180,39 @@ def test_production_refuses_email_in_clear_and_a_password_without_tls(tmp_path: 
         )
     with pytest.raises(ConfigurationError, match="password in clear"):
         load_settings(email={"security": "none", "username": "kv"})
+    with pytest.raises(ConfigurationError, match="recipient_trust_anchors"):
+        load_settings(
+            environment="production",
+            senders=[sender],
+            mina_meddelanden={"enabled": False},
+            sms={"enabled": False},
+            email={"smtp_host": "smtp.kommun.se"},
+        )
     ok = load_settings(
         environment="production",
         senders=[sender],
         mina_meddelanden={"enabled": False},
         sms={"enabled": False},
-        email={"smtp_host": "smtp.kommun.se"},
+        email={"smtp_host": "smtp.kommun.se", "recipient_trust_anchors": [str(tmp_path / "smime-ca.pem")]},
     )
     assert ok.email.security == "starttls"
+    with pytest.raises(ConfigurationError, match="lease_seconds"):
+        load_settings(email={"data_timeout_seconds": 400})
+
+
+def test_production_refuses_an_sms_gateway_without_tls(tmp_path: Path) -> None:
+    sender = {**_production_sender(tmp_path / "s.pem", tmp_path / "s.key"), "sms_sender_id": "Kommunen"}
+    common: dict[str, object] = {
+        "environment": "production",
+        "senders": [sender],
+        "mina_meddelanden": {"enabled": False},
+        "email": {"enabled": False},
+    }
+    with pytest.raises(ConfigurationError, match="https"):
+        load_settings(**common, sms={"gateway_url": "http://sms.example.se/api", "token": "t"})
+    assert load_settings(
+        **common, sms={"gateway_url": "https://sms.example.se/api", "token": "t"}
+    ).sms.enabled
 
 
 def test_production_refuses_development_smime_certificates(dev_certs: Path, tmp_path: Path) -> None:

@@ -152,6 +152,9 @@ class EmailSettings(_Strict):
     #: CAs that sign the SMTP server's certificate; empty = the system's trust store.
     ca_bundle: Path | None = None
     timeout_seconds: float = Field(default=30.0, gt=0)
+    #: How long to wait for the relay's answer after the whole message was sent. No answer in that time
+    #: leaves the letter "in doubt": handed over, never resent automatically (it may have been queued).
+    data_timeout_seconds: float = Field(default=120.0, gt=0)
     ehlo_name: str | None = None
     #: The From address when the sender identity names none.
     from_address: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -284,6 +287,11 @@ class Settings(BaseSettings):
                     raise ValueError("production with email enabled needs email." + ", email.".join(missing))
                 if em.security == "none":
                     raise ValueError("email.security = none sends letters in clear: production refuses it")
+                if em.encrypted and not em.recipient_trust_anchors:
+                    raise ValueError(
+                        "production with encrypted e-mail needs email.recipient_trust_anchors (the CAs whose "
+                        "S/MIME certificates may receive confidential letters)"
+                    )
             sms = self.sms
             if sms.enabled:
                 missing = [name for name in ("gateway_url", "token") if getattr(sms, name) is None]
@@ -291,6 +299,11 @@ class Settings(BaseSettings):
                     missing.append("sender_id (or every sender's sms_sender_id)")
                 if missing:
                     raise ValueError("production with sms enabled needs sms." + ", sms.".join(missing))
+                if sms.gateway_url is not None and not sms.gateway_url.lower().startswith("https://"):
+                    raise ValueError("sms.gateway_url must be https:// in production (token and numbers)")
+        if self.email.enabled and self.email.data_timeout_seconds >= self.worker.lease_seconds:
+            # A worker still waiting for the relay when its lease runs out would let another send again.
+            raise ValueError("email.data_timeout_seconds must be shorter than worker.lease_seconds")
         if self.email.username is not None and self.email.security == "none":
             raise ValueError("email.username with security = none would send the password in clear")
         return self

@@ -210,7 +210,7 @@ def test_4xx_at_data_is_temporary_and_the_letter_arrives_once_afterwards(
     for _ in range(2):
         with pytest.raises(SmtpTemporaryError) as caught:
             smtp.send(SENDER, [RECIPIENT], MESSAGE)
-        assert (caught.value.step, caught.value.code) == ("data", 451)
+        assert (caught.value.step, caught.value.code) == ("end", 451)
         assert caught.value.server_text == "4.3.0 Prova igen senare"
         assert "451" in str(caught.value)
     smtp.send(SENDER, [RECIPIENT], MESSAGE)
@@ -224,7 +224,7 @@ def test_5xx_at_data_is_permanent_with_the_servers_words(sinks: Sinks, dev_certs
     sink.behave("554 5.6.0 Innehållet avvisas", times=1)
     with pytest.raises(SmtpPermanentError) as caught:
         transport(sink, dev_certs).send(SENDER, [RECIPIENT], MESSAGE)
-    assert (caught.value.step, caught.value.code, caught.value.retryable) == ("data", 554, False)
+    assert (caught.value.step, caught.value.code, caught.value.retryable) == ("end", 554, False)
     assert caught.value.server_text == "5.6.0 Innehållet avvisas"
     assert (sink.attempts, sink.messages) == (1, [])
 
@@ -402,3 +402,31 @@ def test_stop_leaves_no_thread_and_no_listening_socket_even_with_a_client_connec
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
     sink.stop()  # idempotent
+
+
+def test_no_final_reply_after_the_whole_message_is_uncertain_not_retryable(dev_certs: Path) -> None:
+    """The relay stored the message but answered too late: a resend could deliver it twice."""
+    from kanalvaxel.adapters.smtp import SmtpUncertainError
+
+    with SmtpSink(certificate=dev_certs / "server.pem", key=dev_certs / "server.key") as sink:
+        sink.answer_late(1.0)
+        transport = SmtpTransport(
+            SmtpConfig(
+                "127.0.0.1",
+                sink.port,
+                "starttls",
+                ca_bundle=dev_certs / "ca.pem",
+                timeout=5,
+                data_timeout=0.3,
+            )
+        )
+        with pytest.raises(SmtpUncertainError) as caught:
+            transport.send("a@example.se", ["b@example.se"], b"Subject: x\r\n\r\nhej\r\n")
+        assert caught.value.step == "end"
+        assert not caught.value.retryable
+        assert len(sink.messages) == 1  # it did arrive
+        # A failure before the end of the message stays an ordinary temporary one.
+        sink.behave("451 4.3.0 senare", times=1)
+        with pytest.raises(SmtpTemporaryError) as before:
+            transport.send("a@example.se", ["b@example.se"], b"Subject: x\r\n\r\nhej\r\n")
+        assert not isinstance(before.value, SmtpUncertainError)

@@ -530,3 +530,97 @@ def test_a_certificate_directory_supplies_the_certificate_the_case_system_did_no
         r.stop()
     finally:
         c.close()
+
+
+# ------------------------------------------------------------- what the channels refuse on their own
+
+
+def _job(
+    running: Running, sent: Letter, channel: Channel, sid: str = "00000000-0000-4000-8000-000000000001"
+) -> Any:
+    c = running.c
+    decision = decide(
+        sent, c.facts.gather(sent, c.senders["sandbox"], c.clock.now()), c.policy, c.clock.now()
+    )
+    return DeliveryJob(sid, 1, channel, sent, c.senders["sandbox"], decision)
+
+
+def test_the_channels_refuse_on_their_own_what_no_decision_may_allow(
+    running: Running, dev_certs: Path
+) -> None:
+    """Called directly, past the rule engine (a stale or buggy decision): nothing leaves."""
+    from kanalvaxel.ports import NoticeJob
+
+    running.start()
+    c = running.c
+    confidential = letter(confidentiality=Confidentiality.CONFIDENTIAL, mobile=MOBILE)
+    out = c.channels[Channel.EMAIL].send(_job(running, confidential, Channel.EMAIL))
+    assert out.kind is OutcomeKind.FAILED
+    assert "sekretess" in out.detail
+    protected = replace(
+        letter(mobile=MOBILE),
+        recipient_info=replace(letter(mobile=MOBILE).recipient_info, protected_identity=True),
+    )
+    for channel in (Channel.EMAIL, Channel.EMAIL_ENCRYPTED):
+        out = c.channels[channel].send(_job(running, protected, channel))
+        assert out.kind is OutcomeKind.FAILED
+        assert "skyddad identitet" in out.detail
+    # A certificate that is no longer valid when the letter is sent.
+    expired = letter(
+        confidentiality=Confidentiality.CONFIDENTIAL,
+        certificate=(dev_certs / "smime-expired.pem").read_text(),
+    )
+    out = c.channels[Channel.EMAIL_ENCRYPTED].send(_job(running, expired, Channel.EMAIL_ENCRYPTED))
+    assert out.kind is OutcomeKind.FAILED
+    assert "gått ut" in out.detail
+    notifier = c.notifiers[Notice.SMS]
+    for refused in (confidential, protected):
+        job = NoticeJob(
+            "00000000-0000-4000-8000-000000000002", Notice.SMS, Channel.PRINT, refused, c.senders["sandbox"]
+        )
+        assert notifier.notify(job).kind is OutcomeKind.FAILED
+    assert running.sink.attempts == 0
+    assert running.sms.requests == 0
+
+
+def test_a_relay_quoting_the_address_in_its_refusal_is_recorded_masked(
+    running: Running, client: ClientRecord
+) -> None:
+    running.start()
+    running.sink.behave(f"550 5.1.1 <{ADDRESS}>: Recipient address rejected", at="rcpt")
+    sid = running.submit(client, letter(), "m-1")
+    shp = running.wait_state(sid, "HANDED_OVER", "DELIVERED", "FAILED")
+    assert shp.channel == "print"
+    failed = [m for t, m, _d in running.events(sid) if t == "CHANNEL_FAILED"]
+    assert "550" in failed[0]
+    assert "mo*******@example.se" in failed[0]
+    with running.c.uow() as uow:
+        details = [a.detail or "" for a in uow.attempts(sid)]
+    assert all(ADDRESS not in text for text in [*details, *(m for _t, m, _d in running.events(sid))])
+
+
+def test_no_answer_after_the_whole_message_leaves_the_letter_in_doubt_never_resent_nor_printed(
+    tmp_path: Path, dev_certs: Path
+) -> None:
+    c = build(messaging_settings(_sqlite(tmp_path), tmp_path, dev_certs, email={"data_timeout_seconds": 0.3}))
+    try:
+        c.migrate()
+        r = Running(c).start()
+        r.sink.answer_late(1.5)
+        client = c.clients.add("ärendesystem", ["sandbox"]).client
+        sid = r.submit(client, letter(), "doubt-1")
+        shp = r.wait_state(sid, "HANDED_OVER", "DELIVERED", "FAILED")
+        assert (shp.state, shp.channel) == ("HANDED_OVER", "email")
+        time.sleep(2.0)  # past the late answer and several backoff periods: nothing more may happen
+        with c.uow() as uow:
+            shp = uow.shipment(sid)
+            attempts = uow.attempts(sid)
+        assert shp is not None
+        assert shp.state == "HANDED_OVER"
+        assert [a.outcome for a in attempts] == ["HANDED_OVER"]
+        assert "Oklart" in (attempts[0].detail or "")
+        assert len(r.sink.messages) == 1
+        assert r.sink.attempts == 1
+        r.stop()
+    finally:
+        c.close()

@@ -13,6 +13,8 @@ checks the recipient's certificate again at the moment of sending.
 from __future__ import annotations
 
 import logging
+import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -24,7 +26,7 @@ from kanalvaxel.adapters.email_message import (
     make_message_id,
 )
 from kanalvaxel.adapters.smime import SmimeError, SmimeSigner, build_encrypted_email
-from kanalvaxel.adapters.smtp import SmtpError, SmtpPermanentError, SmtpTransport
+from kanalvaxel.adapters.smtp import SmtpError, SmtpPermanentError, SmtpTransport, SmtpUncertainError
 from kanalvaxel.domain.masking import mask_email
 from kanalvaxel.domain.model import Channel, Confidentiality
 from kanalvaxel.domain.rules import certificate_problems, reason_text
@@ -71,24 +73,53 @@ class _SmtpChannel:
         self._clock = clock
         self._origin = origin
 
+    def _refusal(self, job: DeliveryJob) -> DeliveryOutcome | None:
+        """What no decision may override: skyddad identitet never gets e-mail (checked again here because a
+        stored decision may be older than the rule)."""
+        if job.letter.recipient_info.protected_identity:
+            return DeliveryOutcome(
+                OutcomeKind.FAILED, reason_text(("PROTECTED_IDENTITY",)).capitalize() + "."
+            )
+        if not job.letter.recipient_info.email:
+            return DeliveryOutcome(OutcomeKind.FAILED, reason_text(("NO_EMAIL_ADDRESS",)).capitalize() + ".")
+        return None
+
     def _parties(self, job: DeliveryJob, to: str) -> MailParties | DeliveryOutcome:
         sender_address = self._origin.from_address(job.sender.key)
         if sender_address is None:
             return DeliveryOutcome(OutcomeKind.FAILED, "Ingen avsändaradress för e-post är inställd.")
         domain = self._origin.message_id_domain or sender_address.rpartition("@")[2]
+        try:
+            message_id = make_message_id(job.shipment_id, self.channel.value, domain)
+        except EmailBuildError as exc:
+            return DeliveryOutcome(OutcomeKind.FAILED, f"Message-ID kan inte skapas: {exc}")
         return MailParties(
             from_address=sender_address,
             from_name=job.sender.name,
             to_address=to,
             reply_to=job.letter.support_info.email or self._origin.reply_to,
-            message_id=make_message_id(job.shipment_id, self.channel.value, domain),
+            message_id=message_id,
         )
 
     def _already_sent(self, job: DeliveryJob) -> DeliveryOutcome | None:
         done = self._journal.sent(job.shipment_id, self.channel.value)
         if done is None:
             return None
-        return DeliveryOutcome(OutcomeKind.DELIVERED, done.detail, done.external_ref, data=done.data)
+        kind = OutcomeKind.HANDED_OVER if done.data.get("in_doubt") else OutcomeKind.DELIVERED
+        return DeliveryOutcome(kind, done.detail, done.external_ref, data=done.data)
+
+    def _remember(self, job: DeliveryJob, record: SentRecord) -> None:
+        """Write the journal; a database busy for a moment must not turn a sent letter into a resend."""
+        for attempt in range(5):
+            try:
+                self._journal.record(job.shipment_id, self.channel.value, record)
+                return
+            except Exception:
+                if attempt == 4:
+                    # The letter is out: tell the dispatcher so anyway; only a crash now could resend it.
+                    log.exception("shipment %s: the send journal could not be written", job.shipment_id)
+                    return
+                time.sleep(0.2 * (attempt + 1))
 
     def _submit(self, job: DeliveryJob, parties: MailParties, message: bytes) -> DeliveryOutcome:
         masked = mask_email(parties.to_address)
@@ -98,6 +129,17 @@ class _SmtpChannel:
             receipt = self._transport.send(parties.from_address, [envelope_to], message)
         except EmailBuildError as exc:
             return DeliveryOutcome(OutcomeKind.FAILED, f"E-postadressen kan inte användas: {exc}")
+        except SmtpUncertainError as exc:
+            # The relay may have the letter: neither send it again nor let it fall to paper. It stays
+            # handed over, in doubt, for customer service to see.
+            detail = (
+                f"Oklart om e-postservern tog emot brevet till {masked}: {_server_words(exc)}. "
+                "Skickas inte igen automatiskt."
+            )
+            data = {"email": masked, "message_id": parties.message_id, "in_doubt": "true"}
+            log.warning("shipment %s: SMTP outcome unknown after the whole message was sent", job.shipment_id)
+            self._remember(job, SentRecord(parties.message_id, detail, data, self._clock.now()))
+            return DeliveryOutcome(OutcomeKind.HANDED_OVER, detail, parties.message_id, data=data)
         except SmtpPermanentError as exc:
             return DeliveryOutcome(
                 OutcomeKind.FAILED,
@@ -113,10 +155,8 @@ class _SmtpChannel:
         queue = receipt.queue_id or ""
         detail = f"Mottaget av e-postservern för {masked}" + (f" (kö-id {queue})." if queue else ".")
         data = {"email": masked, "message_id": parties.message_id, "smtp_queue_id": queue}
-        self._journal.record(
-            job.shipment_id,
-            self.channel.value,
-            SentRecord(receipt.queue_id or parties.message_id, detail, data, self._clock.now()),
+        self._remember(
+            job, SentRecord(receipt.queue_id or parties.message_id, detail, data, self._clock.now())
         )
         log.info("shipment %s accepted by the SMTP relay (%s)", job.shipment_id, self.channel.value)
         return DeliveryOutcome(
@@ -124,8 +164,12 @@ class _SmtpChannel:
         )
 
 
+_ADDRESS = re.compile(r"[^\s<>\"'(),;:]+@[^\s<>\"'(),;:]+")
+
+
 def _server_words(exc: SmtpError) -> str:
-    text = " ".join(exc.server_text.split())[:300]
+    """The server's answer for the record: relays quote the recipient's address, which is masked here."""
+    text = _ADDRESS.sub(lambda m: mask_email(m.group(0)), " ".join(exc.server_text.split()))[:300]
     return f"{exc.code} {text}" if exc.code is not None else text
 
 
@@ -139,9 +183,10 @@ class EmailChannel(_SmtpChannel):
             return DeliveryOutcome(
                 OutcomeKind.FAILED, reason_text(("CONFIDENTIAL_CONTENT",)).capitalize() + "."
             )
+        if (refused := self._refusal(job)) is not None:
+            return refused
         to = job.letter.recipient_info.email
-        if not to:
-            return DeliveryOutcome(OutcomeKind.FAILED, reason_text(("NO_EMAIL_ADDRESS",)).capitalize() + ".")
+        assert to is not None
         if (done := self._already_sent(job)) is not None:
             return done
         parties = self._parties(job, to)
@@ -155,7 +200,7 @@ class EmailChannel(_SmtpChannel):
                 now=self._clock.now(),
                 notice_only=job.decision.email_notice_only,
             )
-        except EmailBuildError as exc:
+        except (EmailBuildError, ValueError) as exc:  # ValueError: the email package's own refusals
             return DeliveryOutcome(OutcomeKind.FAILED, f"E-postmeddelandet kunde inte skapas: {exc}")
         return self._submit(job, parties, message)
 
@@ -183,10 +228,11 @@ class EncryptedEmailChannel(_SmtpChannel):
         self._signers = dict(signers)
 
     def send(self, job: DeliveryJob) -> DeliveryOutcome:
+        if (refused := self._refusal(job)) is not None:
+            return refused
         info = job.letter.recipient_info
         to = info.email
-        if not to:
-            return DeliveryOutcome(OutcomeKind.FAILED, reason_text(("NO_EMAIL_ADDRESS",)).capitalize() + ".")
+        assert to is not None
         if (done := self._already_sent(job)) is not None:
             return done
         pem = info.smime_certificate_pem or (self._directory.find(to) if self._directory else None)
@@ -207,6 +253,6 @@ class EncryptedEmailChannel(_SmtpChannel):
             message = build_encrypted_email(
                 job.letter, job.sender, parties, pem, signer, now=self._clock.now()
             )
-        except (SmimeError, EmailBuildError) as exc:
+        except (SmimeError, EmailBuildError, ValueError) as exc:
             return DeliveryOutcome(OutcomeKind.FAILED, f"Det krypterade meddelandet kunde inte skapas: {exc}")
         return self._submit(job, parties, message)

@@ -127,6 +127,7 @@ def _build(
                 password=em.password.get_secret_value() if em.password else None,
                 ca_bundle=em.ca_bundle,
                 timeout=em.timeout_seconds,
+                data_timeout=em.data_timeout_seconds,
                 local_hostname=em.ehlo_name,
             )
         )

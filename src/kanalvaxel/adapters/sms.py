@@ -37,7 +37,7 @@ import ssl
 import time
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -297,7 +297,7 @@ class SmsGatewayConfig:
     ``max_parts`` refuses longer texts before anything is sent. Raises SmsError for invalid values."""
 
     url: str
-    token: str
+    token: str = field(repr=False)
     sender_id: str
     connect_timeout: float = 5.0
     read_timeout: float = 15.0

@@ -38,6 +38,10 @@ class SmsNotifier:
         if is_confidential(job.letter.confidentiality):
             # The rule engine never queues one; this guard keeps it so whatever a policy or a bug says.
             return DeliveryOutcome(OutcomeKind.FAILED, "Innehållet är sekretessbelagt: ingen SMS-avisering.")
+        if job.letter.recipient_info.protected_identity:
+            return DeliveryOutcome(
+                OutcomeKind.FAILED, "Mottagaren har skyddad identitet: ingen SMS-avisering."
+            )
         mobile = job.letter.recipient_info.mobile
         if not mobile:
             return DeliveryOutcome(OutcomeKind.FAILED, "Inget mobilnummer angivet.")

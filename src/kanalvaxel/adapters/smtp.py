@@ -23,6 +23,7 @@ any 4xx reply, at any step                              :class:`SmtpTemporaryErr
 5xx at RCPT (bad address) or DATA (content, size)       :class:`SmtpPermanentError`
 5xx at the greeting, EHLO, STARTTLS, AUTH or MAIL FROM  :class:`SmtpTemporaryError`
 connection refused, time-outs, disconnects              :class:`SmtpTemporaryError`
+no final reply after the whole message was sent         :class:`SmtpUncertainError`
 TLS handshake or certificate failure                    :class:`SmtpTemporaryError`
 no STARTTLS offered although ``starttls`` is set        :class:`SmtpTemporaryError`
 no AUTH PLAIN/LOGIN offered although a user is set      :class:`SmtpTemporaryError`
@@ -37,6 +38,11 @@ A 5xx before RCPT says our own set-up is wrong (credentials, sender address, a r
 letter: the letter must wait for an operator to fix it rather than fall to paper at once. The size cases are
 the exception: there the letter itself is what the relay cannot take. If some recipients are refused the whole
 message is refused (a letter goes to one recipient; a partial delivery would be a delivery nobody records).
+
+Once the message and its terminating dot have been sent, a lost connection or a time-out waiting for the
+final reply (``data_timeout``; RFC 5321 §4.5.3.2 suggests 10 minutes) leaves the outcome unknown: the relay
+may have queued the message. That is :class:`SmtpUncertainError` (not retryable): sending again could
+deliver the letter twice, so the caller must not resend on its own.
 
 The session always ends with QUIT (or a plain close when the connection is already broken), also on errors.
 ``server_text`` is the server's own words, decoded and trimmed, or ours (Swedish) when the server said
@@ -54,7 +60,7 @@ import socket
 import ssl
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -67,15 +73,16 @@ __all__ = [
     "SmtpReceipt",
     "SmtpTemporaryError",
     "SmtpTransport",
+    "SmtpUncertainError",
     "queue_id_from",
 ]
 
 log = logging.getLogger(__name__)
 
-Step = Literal["connect", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "quit"]
+Step = Literal["connect", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "end", "quit"]
 
 # Steps whose 5xx answer is about the letter rather than about our set-up.
-_LETTER_STEPS: frozenset[Step] = frozenset({"rcpt", "data"})
+_LETTER_STEPS: frozenset[Step] = frozenset({"rcpt", "data", "end"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +91,12 @@ class SmtpConfig:
     port: int
     security: Literal["starttls", "tls", "none"]  # tls = implicit TLS (SMTPS, port 465)
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     ca_bundle: Path | None = None  # None = the system trust store
     timeout: float = 30.0
     local_hostname: str | None = None  # the EHLO name; None = this host's FQDN
+    #: How long to wait for the reply to the end of the message (content scanning relays take a while).
+    data_timeout: float = 120.0
 
     def __post_init__(self) -> None:
         if self.security not in ("starttls", "tls", "none"):
@@ -96,7 +105,7 @@ class SmtpConfig:
             raise ConfigurationError("SMTP: värdnamn saknas")
         if not 0 < self.port < 65536:
             raise ConfigurationError(f"SMTP: ogiltig port {self.port}")
-        if self.timeout <= 0:
+        if self.timeout <= 0 or self.data_timeout <= 0:
             raise ConfigurationError("SMTP: tidsgränsen måste vara större än noll")
         if (self.username is None) != (self.password is None):
             raise ConfigurationError("SMTP: användarnamn och lösenord anges tillsammans eller inte alls")
@@ -138,6 +147,13 @@ class SmtpPermanentError(SmtpError):
     retryable = False
 
 
+class SmtpUncertainError(SmtpError):
+    """The whole message was sent but no final reply came: the relay may or may not have queued it.
+    Not retryable: a resend could deliver the letter twice."""
+
+    retryable = False
+
+
 _STEP_NAMES: dict[Step, str] = {
     "connect": "vid anslutning",
     "ehlo": "vid EHLO",
@@ -146,6 +162,7 @@ _STEP_NAMES: dict[Step, str] = {
     "mail": "vid MAIL FROM",
     "rcpt": "vid RCPT TO",
     "data": "vid DATA",
+    "end": "i väntan på svar efter meddelandets slut",
     "quit": "vid QUIT",
 }
 
@@ -175,6 +192,7 @@ def queue_id_from(reply: str) -> str | None:
 
 
 _BARE_LINE_END = re.compile(rb"\r\n|\r|\n")
+_DOT_AT_LINE_START = re.compile(rb"(?m)^\.")
 
 
 def _crlf(message: bytes) -> bytes:
@@ -202,7 +220,7 @@ def _tls_reason(exc: ssl.SSLError) -> str:
     return f"TLS-handskakningen misslyckades: {exc.reason or exc}"
 
 
-def _network_error(step: Step, exc: OSError | smtplib.SMTPServerDisconnected) -> SmtpTemporaryError:
+def _network_error(step: Step, exc: OSError | smtplib.SMTPServerDisconnected) -> SmtpError:
     if isinstance(exc, smtplib.SMTPServerDisconnected) and isinstance(exc.__context__, OSError):
         exc = exc.__context__  # smtplib reports a read time-out as a disconnect; say what it was
     if isinstance(exc, ssl.SSLError):
@@ -215,6 +233,8 @@ def _network_error(step: Step, exc: OSError | smtplib.SMTPServerDisconnected) ->
         text = "tidsgränsen överskreds"
     else:
         text = f"nätverksfel: {exc.strerror or type(exc).__name__}"
+    if step == "end":
+        return SmtpUncertainError(step, None, f"{text}; okänt om reläet tog emot meddelandet")
     return SmtpTemporaryError(step, None, text)
 
 
@@ -314,12 +334,18 @@ class SmtpTransport:
             for recipient in recipients:
                 session.expect("rcpt", client.rcpt(recipient), ok=(250, 251))
             session.step = "data"
-            try:
-                code, reply = client.data(data)
-            except smtplib.SMTPDataError as exc:  # the answer to DATA itself, before the content
-                log.warning("SMTP relay answered %s to DATA", exc.smtp_code)
-                raise _reply_error("data", exc.smtp_code, exc.smtp_error) from exc
-            session.expect("data", (code, reply))
+            session.expect("data", client.docmd("data"), ok=(354,))
+            # smtplib's data() would hide where a failure happened; before the final dot a failure is a
+            # plain temporary one, after it the outcome is unknown (see the module docstring).
+            body = _DOT_AT_LINE_START.sub(b"..", data)
+            if not body.endswith(b"\r\n"):
+                body += b"\r\n"
+            client.send(body + b".\r\n")
+            session.step = "end"
+            if client.sock is not None:
+                client.sock.settimeout(self._config.data_timeout)
+            code, reply = client.getreply()
+            session.expect("end", (code, reply))
             text = _text(reply)
             receipt = SmtpReceipt(queue_id=queue_id_from(text), response=text)
         log.info(
@@ -341,7 +367,7 @@ class SmtpTransport:
                     "mail", None, f"meddelandet ({len(data)} byte) är större än reläets gräns ({limit} byte)"
                 )
             options.append(f"SIZE={len(data)}")
-        if any(b > 0x7F for b in data):
+        if not data.isascii():
             if not client.has_extn("8bitmime"):
                 raise SmtpPermanentError(
                     "mail", None, "meddelandet har 8-bitarsdata och reläet saknar 8BITMIME"

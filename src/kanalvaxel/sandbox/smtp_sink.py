@@ -109,7 +109,12 @@ class _Handler:
         return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        return self._sink._receive(session, envelope)
+        reply = self._sink._receive(session, envelope)
+        delay = self._sink._take_delay()
+        if delay:
+            # Stored first, answered late: a relay whose answer the client never waits long enough for.
+            await asyncio.sleep(delay)
+        return reply
 
 
 class SmtpSink:
@@ -154,6 +159,7 @@ class SmtpSink:
         self._store_dir = store_dir
         self._max_size = max_size
         self._lock = threading.Condition()
+        self._late: tuple[float, int] = (0.0, 0)
         self._messages: list[ReceivedMail] = []
         self._attempts = 0
         self._behaviour = _Behaviour()
@@ -273,6 +279,21 @@ class SmtpSink:
             raise ValueError("times must be at least 1 (or None)")
         with self._lock:
             self._behaviour = _Behaviour(reply, times if reply is not None else None, at)
+
+    def answer_late(self, seconds: float, *, times: int = 1) -> None:
+        """Store the next ``times`` messages as usual but send the final reply only after ``seconds``."""
+        if seconds < 0 or times < 1:
+            raise ValueError("seconds must be >= 0 and times >= 1")
+        with self._lock:
+            self._late = (seconds, times)
+
+    def _take_delay(self) -> float:
+        with self._lock:
+            seconds, times = self._late
+            if times <= 0:
+                return 0.0
+            self._late = (seconds, times - 1)
+            return seconds
 
     @property
     def messages(self) -> list[ReceivedMail]:
