@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
+
 KANALVAXEL = [sys.executable, "-m", "kanalvaxel.entrypoints.cli"]
 
 
@@ -55,6 +57,18 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, log: Path | N
         time.sleep(0.1)
     tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
     raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tail}")
+
+
+def wait_ready(http: httpx.Client, log: Path, timeout: float = 60) -> None:
+    """Wait until the service started by a test answers /readyz with 200."""
+
+    def ready() -> bool:
+        try:
+            return http.get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(ready, timeout, "the service to be ready", log)
 
 
 def pdftotext(path: Path) -> str:

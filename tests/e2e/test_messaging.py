@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import KANALVAXEL, free_port, letter_json, process_env, start, wait_for
+from tests.e2e.conftest import KANALVAXEL, free_port, letter_json, process_env, start, wait_for, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -50,14 +50,7 @@ def test_serve_sends_encrypted_and_plain_email_and_sms_notices_through_the_sandb
     proc = start(["serve"], env, tmp_path, log)
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10, trust_env=False)
     try:
-
-        def ready() -> bool:
-            try:
-                return http.get("/readyz").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(ready, 60, "the service to be ready", log)
+        wait_ready(http, log)
         sandbox = json.loads((tmp_path / "var" / "sandbox.json").read_text())
         assert sandbox["smtp"]["security"] == "starttls"
         assert sandbox["sms_gateway"]["url"].startswith("https://127.0.0.1:")

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import free_port, letter_json, process_env, start, wait_for
+from tests.e2e.conftest import free_port, letter_json, process_env, start, wait_for, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -36,14 +36,7 @@ def test_serve_delivers_digital_mail_to_the_operator_far_names(
     proc = start(["serve"], env, tmp_path, log)
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10, trust_env=False)
     try:
-
-        def ready() -> bool:
-            try:
-                return http.get("/readyz").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(ready, 60, "the service to be ready", log)
+        wait_ready(http, log)
         sandbox = json.loads((tmp_path / "var" / "sandbox.json").read_text())
         key = (tmp_path / "var" / "dev-api-key").read_text().strip()
         status_urls = {}

@@ -10,7 +10,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import KANALVAXEL, free_port, letter_json, pdftotext, process_env, start, wait_for
+from tests.e2e.conftest import (
+    KANALVAXEL,
+    free_port,
+    letter_json,
+    pdftotext,
+    process_env,
+    start,
+    wait_for,
+    wait_ready,
+)
 from tests.integration.conftest import make_pdf
 
 pytestmark = pytest.mark.slow
@@ -32,14 +41,7 @@ def test_a_letter_posted_over_http_ends_in_a_closed_vendor_batch(
     base = f"http://127.0.0.1:{port}"
     http = httpx.Client(base_url=base, timeout=10, trust_env=False)
     try:
-
-        def ready() -> bool:
-            try:
-                return http.get("/readyz").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(ready, 60, "the service to be ready", log)
+        wait_ready(http, log)
         key = (tmp_path / "var" / "dev-api-key").read_text().strip()
         assert key in log.read_text()  # the start-up banner prints a ready-to-paste example
         headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "e2e-1"}
