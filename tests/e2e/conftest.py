@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -69,6 +70,16 @@ def wait_ready(http: httpx.Client, log: Path, timeout: float = 60) -> None:
             return False
 
     wait_for(ready, timeout, "the service to be ready", log)
+
+
+def stop_serve(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a service started by a test and wait for it; kill it (and fail) if it hangs."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
 
 
 def pdftotext(path: Path) -> str:

@@ -14,7 +14,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import KANALVAXEL, free_port, letter_json, process_env, start, wait_for, wait_ready
+from tests.e2e.conftest import (
+    KANALVAXEL,
+    free_port,
+    letter_json,
+    process_env,
+    start,
+    stop_serve,
+    wait_for,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -121,12 +130,7 @@ def test_serve_sends_encrypted_and_plain_email_and_sms_notices_through_the_sandb
         assert inner["Subject"] == "Beslut enligt LSS"
         assert b"Ditt bygglov" not in raw
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        stop_serve(proc)
         http.close()
     assert proc.returncode in (0, -signal.SIGTERM), log.read_text()[-3000:]
     assert "stopped cleanly" in log.read_text()

@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import signal
 import ssl
-import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import free_port, letter_json, process_env, start, wait_for, wait_ready
+from tests.e2e.conftest import free_port, letter_json, process_env, start, stop_serve, wait_for, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -72,12 +71,7 @@ def test_serve_delivers_digital_mail_to_the_operator_far_names(
         assert [m["message_id"] for m in stored["accepted"]] == [digital["id"]]
         assert stored["rejected"] == []
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        stop_serve(proc)
         http.close()
     # uvicorn re-raises the signal after its graceful shutdown, so -SIGTERM is a clean exit here.
     assert proc.returncode in (0, -signal.SIGTERM), log.read_text()[-3000:]

@@ -28,7 +28,7 @@ from kanalvaxel.adapters.email_message import (
 from kanalvaxel.adapters.smime import SmimeError, SmimeSigner, build_encrypted_email
 from kanalvaxel.adapters.smtp import SmtpError, SmtpPermanentError, SmtpTransport, SmtpUncertainError
 from kanalvaxel.domain.masking import mask_email
-from kanalvaxel.domain.model import Channel, Confidentiality
+from kanalvaxel.domain.model import Channel, is_confidential
 from kanalvaxel.domain.rules import certificate_problems, reason_text
 from kanalvaxel.ports import (
     CertificateInspector,
@@ -57,9 +57,9 @@ class MailOrigin:
         return self.from_addresses.get(sender_key) or self.default_from
 
 
-def is_confidential(confidentiality: Confidentiality | str) -> bool:
-    # Fail closed, as the rule engine does: anything not known to be public or internal is confidential.
-    return confidentiality not in (Confidentiality.PUBLIC, Confidentiality.INTERNAL)
+def _failed(*codes: str) -> DeliveryOutcome:
+    """FAILED with the rule engine's own Swedish reason for `codes`."""
+    return DeliveryOutcome(OutcomeKind.FAILED, reason_text(codes).capitalize() + ".")
 
 
 class _SmtpChannel:
@@ -77,11 +77,9 @@ class _SmtpChannel:
         """What no decision may override: skyddad identitet never gets e-mail (checked again here because a
         stored decision may be older than the rule)."""
         if job.letter.recipient_info.protected_identity:
-            return DeliveryOutcome(
-                OutcomeKind.FAILED, reason_text(("PROTECTED_IDENTITY",)).capitalize() + "."
-            )
+            return _failed("PROTECTED_IDENTITY")
         if not job.letter.recipient_info.email:
-            return DeliveryOutcome(OutcomeKind.FAILED, reason_text(("NO_EMAIL_ADDRESS",)).capitalize() + ".")
+            return _failed("NO_EMAIL_ADDRESS")
         return None
 
     def _parties(self, job: DeliveryJob, to: str) -> MailParties | DeliveryOutcome:
@@ -180,9 +178,7 @@ class EmailChannel(_SmtpChannel):
 
     def send(self, job: DeliveryJob) -> DeliveryOutcome:
         if is_confidential(job.letter.confidentiality):
-            return DeliveryOutcome(
-                OutcomeKind.FAILED, reason_text(("CONFIDENTIAL_CONTENT",)).capitalize() + "."
-            )
+            return _failed("CONFIDENTIAL_CONTENT")
         if (refused := self._refusal(job)) is not None:
             return refused
         to = job.letter.recipient_info.email
@@ -239,7 +235,7 @@ class EncryptedEmailChannel(_SmtpChannel):
         # Checked again now: the certificate may have expired (or the directory changed) since the decision.
         problems = certificate_problems(self._inspector.inspect(pem) if pem else None, to, self._clock.now())
         if problems:
-            return DeliveryOutcome(OutcomeKind.FAILED, reason_text(tuple(problems)).capitalize() + ".")
+            return _failed(*problems)
         assert pem is not None
         signer = self._signers.get(job.sender.key)
         if signer is None:

@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import timedelta
 
-from kanalvaxel.adapters.email_channels import is_confidential
 from kanalvaxel.adapters.sms import SmsError, SmsGateway, SmsGatewayError, normalise_mobile, notice_text
 from kanalvaxel.domain.masking import mask_mobile
-from kanalvaxel.domain.model import Notice
+from kanalvaxel.domain.model import Notice, is_confidential
 from kanalvaxel.ports import Clock, DeliveryOutcome, NoticeJob, OutcomeKind, SendJournal, SentRecord
 
 

@@ -31,6 +31,12 @@ class Notice(enum.StrEnum):
     SMS = "sms"
 
 
+def is_confidential(confidentiality: Confidentiality | str) -> bool:
+    """Fail closed: anything not known to be public or internal counts as confidential, and `in` compares
+    by value, so a plain "confidential" string from an untyped caller counts too."""
+    return confidentiality not in (Confidentiality.PUBLIC, Confidentiality.INTERNAL)
+
+
 #: Channels that carry content in clear over a network we do not control.
 PLAIN_CHANNELS: frozenset[Channel] = frozenset({Channel.EMAIL})
 

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from kanalvaxel.domain.errors import PolicyError
-from kanalvaxel.domain.model import PLAIN_CHANNELS, Channel, Confidentiality, Letter, Notice
+from kanalvaxel.domain.model import PLAIN_CHANNELS, Channel, Confidentiality, Letter, Notice, is_confidential
 
 #: A recipient with skyddad identitet gets neither (the API promises it, whatever the policy says).
 EMAIL_CHANNELS: frozenset[Channel] = frozenset({Channel.EMAIL, Channel.EMAIL_ENCRYPTED})
@@ -286,9 +286,7 @@ def decide(letter: Letter, facts: RecipientFacts, policy: Policy, now: datetime)
     if rule is None:
         return Decision(rule="(ingen regel matchade)", options=())
     info = letter.recipient_info
-    # Fail closed: anything not known to be public or internal is treated as confidential, and `in`
-    # compares by value, so a plain "confidential" string from an untyped caller counts too.
-    confidential = letter.confidentiality not in (Confidentiality.PUBLIC, Confidentiality.INTERNAL)
+    confidential = is_confidential(letter.confidentiality)
     options: list[ChannelOption] = []
     retry_at: datetime | None = None
     for listed in rule.channels:

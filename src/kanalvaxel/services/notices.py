@@ -14,10 +14,7 @@ NOTICE_NAMES_SV = {Notice.SMS: "SMS-avisering"}
 
 def pending_notices(result: dict[str, object] | None) -> dict[str, dict[str, object]]:
     """The notices of a delivered shipment that still wait to be sent (kept in its result)."""
-    notices = (result or {}).get("notices")
-    if not isinstance(notices, dict):
-        return {}
-    return {k: v for k, v in notices.items() if isinstance(v, dict) and v.get("state") == "PENDING"}
+    return {k: v for k, v in all_notices(result).items() if v.get("state") == "PENDING"}
 
 
 def notices_to_send(decision: Decision, channel: Channel) -> dict[str, object]:
@@ -29,6 +26,7 @@ def notices_to_send(decision: Decision, channel: Channel) -> dict[str, object]:
 
 
 def all_notices(result: dict[str, object] | None) -> dict[str, dict[str, object]]:
+    """Every notice in a shipment's result, by kind (copies: safe to change)."""
     notices = (result or {}).get("notices")
     if not isinstance(notices, dict):
         return {}
