@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -68,7 +70,30 @@ def pg_url() -> Iterator[str]:
         try:
             yield base.set(database=name).render_as_string(hide_password=False)
         finally:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            _drop_database(admin, name)
+
+
+def _drop_database(admin: psycopg.Connection[Any], name: str) -> None:
+    """Drop a test database, even when a background process (autovacuum) happens to be working in it.
+
+    WITH (FORCE) must be allowed to terminate every backend in the database; an autovacuum worker has no role,
+    so only members of pg_signal_backend may end it (.ci/run grants that). Without it a plain DROP still
+    works: it cancels autovacuum itself and fails only while a client is connected, which is retried briefly.
+    """
+    statement = sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name))
+    try:
+        admin.execute(statement + sql.SQL(" WITH (FORCE)"))
+        return
+    except psycopg.errors.InsufficientPrivilege:
+        pass
+    for attempt in range(50):
+        try:
+            admin.execute(statement)
+            return
+        except psycopg.errors.ObjectInUse:
+            if attempt == 49:
+                raise
+            time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
+
+import psycopg
 import pytest
 import sqlalchemy as sa
+from psycopg import sql
 
-from tests.conftest import POSTGRES_URL_ENV, postgres_url
+from tests.conftest import POSTGRES_URL_ENV, _drop_database, postgres_url
 
 
 def test_pg_url_is_a_fresh_database_of_its_own(pg_url: str) -> None:
@@ -43,3 +47,18 @@ def test_missing_url_skips_outside_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception, match=r"\.ci/run"):
         postgres_url()
+
+
+def test_a_test_database_is_dropped_even_with_a_client_still_connected() -> None:
+    base = sa.make_url(postgres_url())
+    admin_dsn = base.set(drivername="postgresql").render_as_string(hide_password=False)
+    name = f"kvtest_{secrets.token_hex(6)}"
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+        lingering = psycopg.connect(base.set(drivername="postgresql", database=name).render_as_string(False))
+        try:
+            _drop_database(admin, name)
+            left = admin.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        finally:
+            lingering.close()
+    assert left == (0,)
