@@ -198,6 +198,10 @@ def test_production_refuses_email_in_clear_and_a_password_without_tls(tmp_path: 
     assert ok.email.security == "starttls"
     with pytest.raises(ConfigurationError, match="lease_seconds"):
         load_settings(email={"data_timeout_seconds": 400})
+    # A send is bounded to 80 % of the lease; the final reply may take at most half of the lease.
+    with pytest.raises(ConfigurationError, match=r"half of worker\.lease_seconds"):
+        load_settings(email={"data_timeout_seconds": 151}, worker={"lease_seconds": 300})
+    assert load_settings(email={"data_timeout_seconds": 150}).email.data_timeout_seconds == 150
 
 
 def test_production_refuses_an_sms_gateway_without_tls(tmp_path: Path) -> None:

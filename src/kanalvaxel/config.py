@@ -154,6 +154,7 @@ class EmailSettings(_Strict):
     timeout_seconds: float = Field(default=30.0, gt=0)
     #: How long to wait for the relay's answer after the whole message was sent. No answer in that time
     #: leaves the letter "in doubt": handed over, never resent automatically (it may have been queued).
+    #: At most half of worker.lease_seconds: a whole send must end within 80 % of the lease.
     data_timeout_seconds: float = Field(default=120.0, gt=0)
     ehlo_name: str | None = None
     #: The From address when the sender identity names none.
@@ -301,9 +302,10 @@ class Settings(BaseSettings):
                     raise ValueError("production with sms enabled needs sms." + ", sms.".join(missing))
                 if sms.gateway_url is not None and not sms.gateway_url.lower().startswith("https://"):
                     raise ValueError("sms.gateway_url must be https:// in production (token and numbers)")
-        if self.email.enabled and self.email.data_timeout_seconds >= self.worker.lease_seconds:
-            # A worker still waiting for the relay when its lease runs out would let another send again.
-            raise ValueError("email.data_timeout_seconds must be shorter than worker.lease_seconds")
+        if self.email.enabled and self.email.data_timeout_seconds > self.worker.lease_seconds / 2:
+            # A send is bounded to 80 % of the lease (adapters/messaging.py) and keeps data_timeout of that
+            # for the final reply; a worker still sending when its lease ran out would let another send again.
+            raise ValueError("email.data_timeout_seconds must be at most half of worker.lease_seconds")
         if self.email.username is not None and self.email.security == "none":
             raise ValueError("email.username with security = none would send the password in clear")
         return self

@@ -8,6 +8,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -361,6 +362,7 @@ def test_queue_id_from_common_relays(reply: str, queue_id: str | None) -> None:
         {"security": "starttls", "password": "p"},
         {"security": "starttls", "port": 0},
         {"security": "starttls", "timeout": 0},
+        {"security": "starttls", "data_timeout": 60, "session_timeout": 60},  # no time left for the rest
         {"security": "ssl"},
     ],
 )
@@ -430,3 +432,117 @@ def test_no_final_reply_after_the_whole_message_is_uncertain_not_retryable(dev_c
         with pytest.raises(SmtpTemporaryError) as before:
             transport.send("a@example.se", ["b@example.se"], b"Subject: x\r\n\r\nhej\r\n")
         assert not isinstance(before.value, SmtpUncertainError)
+
+
+class _ScriptedRelay:
+    """A plain-text SMTP server on loopback that answers each command after a set delay (per command verb) and
+    remembers every line it received. Answers: 220 greeting, 250 to EHLO/MAIL/RCPT, 354 to DATA, 250 after
+    the final dot, 221 to QUIT."""
+
+    def __init__(self, delays: dict[str, float]) -> None:
+        self.delays = delays
+        self.lines: list[bytes] = []
+        self._closing = threading.Event()
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen()
+        self.port: int = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self._listener.accept()
+        except OSError:
+            return
+        with conn, conn.makefile("rb") as incoming:
+            conn.sendall(b"220 relay.test ESMTP\r\n")
+            in_data = False
+            for line in incoming:
+                self.lines.append(line)
+                if in_data:
+                    if line == b".\r\n":
+                        in_data = False
+                        conn.sendall(b"250 2.0.0 Ok: queued as SCRIPTED1\r\n")
+                    continue
+                verb = line.split(b" ", 1)[0].strip().upper().decode()
+                if self._closing.wait(self.delays.get(verb, 0.0)):
+                    return
+                reply = {
+                    "EHLO": b"250-relay.test\r\n250 8BITMIME\r\n",
+                    "DATA": b"354 go ahead\r\n",
+                    "QUIT": b"221 bye\r\n",
+                }
+                try:
+                    conn.sendall(reply.get(verb, b"250 ok\r\n"))
+                except OSError:
+                    return
+                in_data = verb == "DATA"
+                if verb == "QUIT":
+                    return
+
+    def close(self) -> None:
+        self._closing.set()
+        self._listener.close()
+        self._thread.join(timeout=10)
+
+
+def _bounded(port: int, *, session_timeout: float, data_timeout: float = 0.5) -> SmtpTransport:
+    return SmtpTransport(
+        SmtpConfig(
+            "127.0.0.1",
+            port,
+            "none",
+            timeout=30.0,
+            data_timeout=data_timeout,
+            session_timeout=session_timeout,
+            local_hostname="kv.test",
+        )
+    )
+
+
+def test_a_step_waits_only_as_long_as_the_session_has_left_and_nothing_is_sent() -> None:
+    """RCPT would be answered after 20 s (the step time-out is 30 s); the session has 1.5 s, 0.5 of them kept
+    for the final reply, so the send gives up after about a second, before DATA, as a temporary error."""
+    relay = _ScriptedRelay({"RCPT": 20.0})
+    try:
+        started = time.monotonic()
+        with pytest.raises(SmtpTemporaryError) as caught:
+            _bounded(relay.port, session_timeout=1.5).send(SENDER, [RECIPIENT], MESSAGE)
+        elapsed = time.monotonic() - started
+    finally:
+        relay.close()
+    assert caught.value.step == "rcpt"
+    assert caught.value.retryable
+    assert elapsed < 1.5
+    assert not any(line.upper().startswith(b"DATA") for line in relay.lines)
+
+
+def test_a_session_out_of_time_at_data_never_finishes_the_message() -> None:
+    """DATA's 354 would come after 0.8 s; a 1.2 s session keeping 0.5 s for the final reply waits 0.7 s at
+    most. The message is never ended with its dot (the relay discards it), so the error is an ordinary
+    temporary one — not 'in doubt' — and the letter can simply be retried."""
+    relay = _ScriptedRelay({"DATA": 0.8})
+    try:
+        started = time.monotonic()
+        with pytest.raises(SmtpTemporaryError) as caught:
+            _bounded(relay.port, session_timeout=1.2).send(SENDER, [RECIPIENT], MESSAGE)
+        elapsed = time.monotonic() - started
+    finally:
+        relay.close()
+    from kanalvaxel.adapters.smtp import SmtpUncertainError
+
+    assert not isinstance(caught.value, SmtpUncertainError)
+    assert caught.value.step == "data"
+    assert elapsed < 1.2
+    assert b".\r\n" not in relay.lines
+
+
+def test_a_session_with_time_enough_sends_as_usual() -> None:
+    relay = _ScriptedRelay({"EHLO": 0.1, "RCPT": 0.1})
+    try:
+        receipt = _bounded(relay.port, session_timeout=5.0).send(SENDER, [RECIPIENT], MESSAGE)
+    finally:
+        relay.close()
+    assert receipt.queue_id == "SCRIPTED1"
+    assert b".\r\n" in relay.lines

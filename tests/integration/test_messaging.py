@@ -624,3 +624,17 @@ def test_no_answer_after_the_whole_message_leaves_the_letter_in_doubt_never_rese
         r.stop()
     finally:
         c.close()
+
+
+def test_an_smtp_send_is_bounded_below_the_workers_lease(tmp_path: Path, dev_certs: Path) -> None:
+    """No other worker may take a letter over while it may still be on its way to the relay."""
+    settings = messaging_settings(_sqlite(tmp_path), tmp_path, dev_certs)
+    c = build(settings)
+    try:
+        assert c.messaging is not None
+        assert c.messaging.transport is not None
+        config = c.messaging.transport.config
+        assert config.session_timeout == pytest.approx(0.8 * settings.worker.lease_seconds)
+        assert config.session_timeout > config.data_timeout
+    finally:
+        c.close()

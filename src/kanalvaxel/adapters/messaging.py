@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: An e-mail send (the whole SMTP session) must be over within this share of the worker's lease.
+SEND_SHARE_OF_LEASE = 0.8
+
 
 @dataclass
 class Messaging:
@@ -36,6 +39,7 @@ class Messaging:
     sender_unavailable: dict[str, dict[Channel | Notice, str]]
     gateway: SmsGateway | None = None
     world: MessagingWorld | None = None
+    transport: SmtpTransport | None = None
 
     def close(self) -> None:
         if self.gateway is not None:
@@ -116,6 +120,7 @@ def _build(
     inspector: SmimeCertificateInspector | None = None
     directory: CertificateDirectory | None = None
     sender_unavailable: dict[str, dict[Channel | Notice, str]] = {}
+    transport: SmtpTransport | None = None
     if em.enabled:
         assert smtp_host is not None
         transport = SmtpTransport(
@@ -128,6 +133,8 @@ def _build(
                 ca_bundle=em.ca_bundle,
                 timeout=em.timeout_seconds,
                 data_timeout=em.data_timeout_seconds,
+                # Over before the worker's lease runs out, so no other worker takes the letter mid-send.
+                session_timeout=settings.worker.lease_seconds * SEND_SHARE_OF_LEASE,
                 local_hostname=em.ehlo_name,
             )
         )
@@ -192,4 +199,6 @@ def _build(
             )
         )
         notifier = SmsNotifier(gateway, journal, clock, max_parts=sms.max_parts, sender_ids=sender_ids)
-    return Messaging(email, encrypted, notifier, inspector, directory, sender_unavailable, gateway, world)
+    return Messaging(
+        email, encrypted, notifier, inspector, directory, sender_unavailable, gateway, world, transport
+    )

@@ -44,6 +44,12 @@ final reply (``data_timeout``; RFC 5321 §4.5.3.2 suggests 10 minutes) leaves th
 may have queued the message. That is :class:`SmtpUncertainError` (not retryable): sending again could
 deliver the letter twice, so the caller must not resend on its own.
 
+A whole :meth:`SmtpTransport.send` can be bounded (``session_timeout``): every step gets at most what is left
+of it after keeping ``data_timeout`` for the final reply, and when too little is left to wait for that reply
+the message is not finished (no final dot: the relay discards it) and the error is temporary. The delivery
+worker sets it below its lease, so no other worker can take the letter over while this one may still be
+sending it.
+
 The session always ends with QUIT (or a plain close when the connection is already broken), also on errors.
 ``server_text`` is the server's own words, decoded and trimmed, or ours (Swedish) when the server said
 nothing. Logs at INFO and above carry codes, steps and queue ids, never addresses or server texts (these
@@ -58,6 +64,7 @@ import re
 import smtplib
 import socket
 import ssl
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -97,6 +104,8 @@ class SmtpConfig:
     local_hostname: str | None = None  # the EHLO name; None = this host's FQDN
     #: How long to wait for the reply to the end of the message (content scanning relays take a while).
     data_timeout: float = 120.0
+    #: The longest one send may take, final reply included; None = no bound beyond the per-step ones.
+    session_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if self.security not in ("starttls", "tls", "none"):
@@ -107,6 +116,10 @@ class SmtpConfig:
             raise ConfigurationError(f"SMTP: ogiltig port {self.port}")
         if self.timeout <= 0 or self.data_timeout <= 0:
             raise ConfigurationError("SMTP: tidsgränsen måste vara större än noll")
+        if self.session_timeout is not None and self.session_timeout <= self.data_timeout:
+            raise ConfigurationError(
+                "SMTP: tidsgränsen för hela sändningen måste vara längre än den för svaret"
+            )
         if (self.username is None) != (self.password is None):
             raise ConfigurationError("SMTP: användarnamn och lösenord anges tillsammans eller inte alls")
         if self.username is not None and self.security == "none":
@@ -260,13 +273,37 @@ class _Client(smtplib.SMTP):
             raise
 
 
+_QUIT_TIMEOUT = 10.0  # the goodbye decides nothing; the outcome is not held up waiting for it
+
+
 class _Session:
     """One SMTP conversation; each method raises our SmtpError for its own step."""
 
-    def __init__(self, client: smtplib.SMTP) -> None:
+    def __init__(self, client: smtplib.SMTP, config: SmtpConfig, deadline: float | None) -> None:
         self.client = client
+        self.config = config
+        self.deadline = deadline  # time.monotonic() by which the whole session is over; None = unbounded
         self.step: Step = "connect"
         self.broken = False  # the connection can no longer carry a polite QUIT
+
+    def enter(self, step: Step) -> None:
+        """Start ``step``: its time-out is the step time-out, cut to what the session has left (before the
+        final dot, less the time kept for the final reply). Too little left: temporary error, nothing sent."""
+        self.step = step
+        wait = self.config.data_timeout if step == "end" else self.config.timeout
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if step != "end":
+                left -= self.config.data_timeout
+            if left <= 0:
+                log.warning("SMTP session out of time before %s; the message was not sent", step.upper())
+                raise SmtpTemporaryError(
+                    step, None, "sändningen tog för lång tid och avbröts innan meddelandet var skickat"
+                )
+            wait = min(wait, left)
+        self.client.timeout = wait  # used by connect()
+        if self.client.sock is not None:
+            self.client.sock.settimeout(wait)
 
     def expect(self, step: Step, reply: tuple[int, bytes], ok: tuple[int, ...] = (250,)) -> None:
         code, text = reply
@@ -322,28 +359,32 @@ class SmtpTransport:
             raise SmtpTemporaryError("mail", None, "avsändaradressen innehåller radbrytning")
         if any("\r" in a or "\n" in a for a in recipients):
             raise SmtpPermanentError("rcpt", None, "mottagaradressen innehåller radbrytning")
-        with self._session() as session:
+        deadline = None
+        if self._config.session_timeout is not None:
+            deadline = time.monotonic() + self._config.session_timeout
+        with self._session(deadline) as session:
             client = session.client
             mail_options = self._mail_options(client, envelope_from, recipients, data)
-            session.step = "mail"
+            session.enter("mail")
             code, reply = client.mail(envelope_from, mail_options)
             if code == 552 and any(o.startswith("SIZE=") for o in mail_options):
                 raise SmtpPermanentError("mail", code, _text(reply))
             session.expect("mail", (code, reply))
-            session.step = "rcpt"
+            session.enter("rcpt")
             for recipient in recipients:
                 session.expect("rcpt", client.rcpt(recipient), ok=(250, 251))
-            session.step = "data"
+            session.enter("data")
             session.expect("data", client.docmd("data"), ok=(354,))
             # smtplib's data() would hide where a failure happened; before the final dot a failure is a
             # plain temporary one, after it the outcome is unknown (see the module docstring).
             body = _DOT_AT_LINE_START.sub(b"..", data)
             if not body.endswith(b"\r\n"):
                 body += b"\r\n"
-            client.send(body + b".\r\n")
-            session.step = "end"
-            if client.sock is not None:
-                client.sock.settimeout(self._config.data_timeout)
+            session.enter("data")  # the message itself: sent whole within the time left, or not finished
+            client.send(body)
+            session.enter("data")  # the final dot only if the final reply can still be waited for
+            client.send(b".\r\n")
+            session.enter("end")
             code, reply = client.getreply()
             session.expect("end", (code, reply))
             text = _text(reply)
@@ -382,13 +423,14 @@ class SmtpTransport:
         return options
 
     @contextmanager
-    def _session(self) -> Iterator[_Session]:
+    def _session(self, deadline: float | None = None) -> Iterator[_Session]:
         """Connected, secured and logged in; always closed afterwards. Foreign errors become SmtpError."""
         cfg = self._config
         client = _Client(cfg, self._tls if cfg.security == "tls" else None)
-        session = _Session(client)
+        session = _Session(client, cfg, deadline)
         try:
             try:
+                session.enter("connect")
                 session.expect("connect", client.connect(cfg.host, cfg.port), ok=(220,))
                 self._secure_and_login(session)
                 yield session
@@ -416,10 +458,10 @@ class SmtpTransport:
     def _secure_and_login(self, session: _Session) -> None:
         cfg = self._config
         client = session.client
-        session.step = "ehlo"
+        session.enter("ehlo")
         session.expect("ehlo", client.ehlo())
         if cfg.security == "starttls":
-            session.step = "starttls"
+            session.enter("starttls")
             if not client.has_extn("starttls"):
                 log.warning(
                     "SMTP relay %s:%d does not offer STARTTLS; not sending in clear", cfg.host, cfg.port
@@ -428,10 +470,10 @@ class SmtpTransport:
                     "starttls", None, "servern erbjuder inte STARTTLS; vi skickar aldrig okrypterat"
                 )
             client.starttls(context=self._tls)
-            session.step = "ehlo"
+            session.enter("ehlo")
             session.expect("ehlo", client.ehlo())  # RFC 3207: forget what was said before TLS
         if cfg.username is not None and cfg.password is not None:
-            session.step = "auth"
+            session.enter("auth")
             self._login(session, cfg.username, cfg.password)
 
     @staticmethod
@@ -463,6 +505,7 @@ class SmtpTransport:
         client = session.client
         if not session.broken and client.sock is not None:
             try:
+                client.sock.settimeout(min(session.config.timeout, _QUIT_TIMEOUT))
                 client.quit()
                 return
             except (smtplib.SMTPException, OSError):
