@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import logging
 import subprocess
 import time
 from collections.abc import Iterator
@@ -600,7 +601,7 @@ def test_a_relay_quoting_the_address_in_its_refusal_is_recorded_masked(
 
 
 def test_no_answer_after_the_whole_message_leaves_the_letter_in_doubt_never_resent_nor_printed(
-    tmp_path: Path, dev_certs: Path
+    tmp_path: Path, dev_certs: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     c = build(messaging_settings(_sqlite(tmp_path), tmp_path, dev_certs, email={"data_timeout_seconds": 0.3}))
     try:
@@ -621,6 +622,12 @@ def test_no_answer_after_the_whole_message_leaves_the_letter_in_doubt_never_rese
         assert "Oklart" in (attempts[0].detail or "")
         assert len(r.sink.messages) == 1
         assert r.sink.attempts == 1
+        # Operators are told at ERROR, with the Message-ID to look for and without the address.
+        alerts = [rec for rec in caplog.records if rec.levelno >= logging.ERROR and "in doubt" in rec.message]
+        assert len(alerts) == 1
+        assert sid in alerts[0].message
+        assert "Message-ID <" in alerts[0].message
+        assert ADDRESS not in alerts[0].message
         r.stop()
     finally:
         c.close()

@@ -135,7 +135,13 @@ class _SmtpChannel:
                 "Skickas inte igen automatiskt."
             )
             data = {"email": masked, "message_id": parties.message_id, "in_doubt": "true"}
-            log.warning("shipment %s: SMTP outcome unknown after the whole message was sent", job.shipment_id)
+            # ERROR: someone has to look (the relay's log, by Message-ID) and tell the recipient if need be.
+            log.error(
+                "shipment %s in doubt: the whole message was sent but the SMTP relay gave no final answer; "
+                "not resent automatically; look for Message-ID %s in the relay's log",
+                job.shipment_id,
+                parties.message_id,
+            )
             self._remember(job, SentRecord(parties.message_id, detail, data, self._clock.now()))
             return DeliveryOutcome(OutcomeKind.HANDED_OVER, detail, parties.message_id, data=data)
         except SmtpPermanentError as exc:
