@@ -107,6 +107,18 @@ def test_starttls_and_auth_deliver_the_exact_bytes_and_store_them(
     assert sink.attempts == 1
 
 
+def test_auth_login_when_the_relay_offers_no_plain(sinks: Sinks, dev_certs: Path) -> None:
+    sink = sinks(credentials={USER: PASSWORD}, auth_mechanisms=("LOGIN",))
+    transport(sink, dev_certs, username=USER, password=PASSWORD).send(SENDER, [RECIPIENT], MESSAGE)
+    [mail] = sink.messages
+    assert mail.authenticated_as == USER
+    # and a wrong password over LOGIN is a set-up problem too: temporary, nothing sent
+    with pytest.raises(SmtpTemporaryError) as caught:
+        transport(sink, dev_certs, username=USER, password="fel-lösenord").send(SENDER, [RECIPIENT], MESSAGE)
+    assert (caught.value.step, caught.value.code) == ("auth", 535)
+    assert len(sink.messages) == 1
+
+
 def test_implicit_tls_with_auth(sinks: Sinks, dev_certs: Path) -> None:
     sink = sinks(implicit_tls=True, credentials={USER: PASSWORD})
     receipt = transport(sink, dev_certs, security="tls", username=USER, password=PASSWORD).send(

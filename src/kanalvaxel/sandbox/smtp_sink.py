@@ -30,7 +30,7 @@ import ssl
 import tempfile
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -125,6 +125,7 @@ class SmtpSink:
     ``implicit_tls``: TLS from the first byte (SMTPS) instead of STARTTLS.
     ``credentials``: user name → password for AUTH PLAIN/LOGIN, offered over TLS only and then required;
     None = no AUTH at all.
+    ``auth_mechanisms``: which of PLAIN and LOGIN it offers (both by default), to try a client's fall-back.
     ``max_size``: the SIZE it advertises and enforces (552 at DATA), in bytes; None = aiosmtpd's 32 MiB.
     """
 
@@ -138,6 +139,7 @@ class SmtpSink:
         credentials: Mapping[str, str] | None = None,
         store_dir: Path | None = None,
         max_size: int | None = None,
+        auth_mechanisms: Collection[str] = ("PLAIN", "LOGIN"),
     ) -> None:
         if (certificate is None) != (key is None):
             raise ValueError("certificate and key go together")
@@ -147,6 +149,13 @@ class SmtpSink:
             )
         if certificate is None and credentials is not None:
             raise ValueError("AUTH is offered over TLS only: credentials need a certificate and key")
+        mechanisms = {m.upper() for m in auth_mechanisms}
+        if not mechanisms or not mechanisms <= {"PLAIN", "LOGIN"}:
+            raise ValueError("auth_mechanisms: PLAIN, LOGIN or both")
+        # No credentials: no AUTH at all.
+        self._auth_excluded = tuple(
+            sorted({"PLAIN", "LOGIN"} - (mechanisms if credentials is not None else set()))
+        )
         self._tls_context: ssl.SSLContext | None = None
         if certificate is not None and key is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -256,7 +265,9 @@ class SmtpSink:
             enable_SMTPUTF8=True,
             data_size_limit=self._max_size if self._max_size is not None else DATA_SIZE_DEFAULT,
             authenticator=self._authenticate if self._credentials is not None else None,
-            auth_exclude_mechanism=None if self._credentials is not None else ("PLAIN", "LOGIN"),
+            auth_exclude_mechanism=self._auth_excluded
+            if self._credentials is not None
+            else ("PLAIN", "LOGIN"),
             # aiosmtpd recognises only STARTTLS as TLS; on an implicit-TLS listener every connection is TLS.
             auth_require_tls=not self._implicit_tls,
             loop=asyncio.get_running_loop(),
