@@ -558,3 +558,6 @@ def test_a_session_with_time_enough_sends_as_usual() -> None:
         relay.close()
     assert receipt.queue_id == "SCRIPTED1"
     assert b".\r\n" in relay.lines
+    # The message is 8-bit UTF-8: MAIL FROM declares it (aiosmtpd's sink would take it undeclared too).
+    [mail_from] = [line for line in relay.lines if line.upper().startswith(b"MAIL FROM:")]
+    assert b" BODY=8BITMIME" in mail_from
