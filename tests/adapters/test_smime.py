@@ -523,6 +523,21 @@ def test_addresses_from_san_and_subject_match_case_insensitively(
     assert no_email.email_addresses == frozenset()
 
 
+def test_an_internationalised_domain_matches_its_xn_form_in_the_certificate(
+    inspector: SmimeCertificateInspector, dev_ca: Authority, rsa_key: rsa.RSAPrivateKey, tmp_path: Path
+) -> None:
+    """Certificates hold addresses in ASCII (IDNA); a case system may send the domain in Unicode."""
+    cert = issue(dev_ca, rsa_key.public_key(), emails=("anna@xn--rksmrgs-5wao1o.se",))
+    facts = inspector.inspect(pem(cert))
+
+    assert certificate_problems(facts, "Anna@Räksmörgås.se", NOW) == []
+    assert certificate_problems(facts, "anna@raksmorgas.se", NOW) == ["CERTIFICATE_EMAIL_MISMATCH"]
+    (tmp_path / "anna.pem").write_text(pem(cert))
+    found = CertificateDirectory(tmp_path).find("anna@RÄKSMÖRGÅS.se")
+    assert found is not None
+    assert load_certificate(found) == cert
+
+
 # ------------------------------------------------------------------------------------------ directory
 
 

@@ -14,6 +14,7 @@ from kanalvaxel.adapters.sms import SmsGateway, SmsGatewayConfig
 from kanalvaxel.adapters.sms_notice import SmsNotifier
 from kanalvaxel.adapters.smtp import SmtpConfig, SmtpTransport
 from kanalvaxel.config import Settings
+from kanalvaxel.domain.addresses import address_key
 from kanalvaxel.domain.errors import ConfigurationError
 from kanalvaxel.domain.model import Channel, Notice
 from kanalvaxel.ports import Clock
@@ -160,7 +161,7 @@ def _build(
             signers = load_smime_signers(settings)
             for key, signer in signers.items():
                 address = origin.from_address(key)
-                if address and address.lower() not in signer.email_addresses:
+                if address and address_key(address) not in signer.email_addresses:
                     # Recipients' mail programs would flag every signature as not the sender's.
                     raise ConfigurationError(
                         f"senders[{key}]: the S/MIME certificate is for "

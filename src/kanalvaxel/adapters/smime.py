@@ -31,6 +31,7 @@ from kanalvaxel.adapters.email_message import (
     new_message,
     to_bytes,
 )
+from kanalvaxel.domain.addresses import address_key
 from kanalvaxel.domain.errors import KanalvaxelError
 from kanalvaxel.domain.masking import mask_email
 from kanalvaxel.domain.model import Letter
@@ -62,7 +63,8 @@ def load_certificate(pem: str) -> x509.Certificate:
 
 
 def certificate_email_addresses(cert: x509.Certificate) -> frozenset[str]:
-    """The certificate's e-mail addresses, lower-cased: SAN rfc822Names and subject emailAddress attributes.
+    """The certificate's e-mail addresses in their comparable form (:func:`address_key`): SAN rfc822Names
+    and subject emailAddress attributes.
 
     Raises ValueError for a malformed extension (the caller decides whether that is fatal).
     """
@@ -72,11 +74,11 @@ def certificate_email_addresses(cert: x509.Certificate) -> frozenset[str]:
     except x509.ExtensionNotFound:
         pass
     else:
-        found.update(name.lower() for name in san.get_values_for_type(x509.RFC822Name))
+        found.update(san.get_values_for_type(x509.RFC822Name))
     for attribute in cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
         if isinstance(attribute.value, str):
-            found.add(attribute.value.lower())
-    return frozenset(a.strip() for a in found if a.strip())
+            found.add(attribute.value)
+    return frozenset(address_key(a) for a in found if a.strip())
 
 
 def usable_for_encryption(cert: x509.Certificate) -> bool:
@@ -240,7 +242,7 @@ class CertificateDirectory:
 
         Best: trusted, usable for encryption and valid now, then the one that stays valid longest.
         """
-        wanted = email.strip().lower()
+        wanted = address_key(email)
         with self._lock:
             self._refresh()
             entries = list(self._index.get(wanted, ()))

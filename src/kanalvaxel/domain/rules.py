@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from kanalvaxel.domain.addresses import address_key
 from kanalvaxel.domain.errors import PolicyError
 from kanalvaxel.domain.model import PLAIN_CHANNELS, Channel, Confidentiality, Letter, Notice, is_confidential
 
@@ -261,7 +262,7 @@ def certificate_problems(cert: CertificateFacts | None, email: str | None, now: 
     if not cert.trusted:
         codes.append("CERTIFICATE_UNTRUSTED")
     # Without an address there is nothing to mismatch; the caller already says NO_EMAIL_ADDRESS.
-    if email and email.lower() not in {e.lower() for e in cert.email_addresses}:
+    if email and address_key(email) not in {address_key(e) for e in cert.email_addresses}:
         codes.append("CERTIFICATE_EMAIL_MISMATCH")
     return codes
 
