@@ -50,11 +50,23 @@ def start(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subproc
         return subprocess.Popen([*KANALVAXEL, *args], env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
+def wait_for(
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    log: Path | None = None,
+    process: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Poll `check` until it holds; fail with the log's tail after `timeout`, or once `process` exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
+        if process is not None and process.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+            raise AssertionError(
+                f"the process exited ({process.returncode}) while waiting for {what}\n{tail}"
+            )
         time.sleep(0.1)
     tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
     raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tail}")
