@@ -645,3 +645,121 @@ def test_an_smtp_send_is_bounded_below_the_workers_lease(tmp_path: Path, dev_cer
         assert config.session_timeout > config.data_timeout
     finally:
         c.close()
+
+
+# ------------------------------------------------------------------------------------- letters in doubt
+
+
+def _in_doubt(
+    db_url: str, tmp_path: Path, dev_certs: Path, count: int
+) -> tuple[Container, Running, list[str]]:
+    """`count` letters sent whole to a relay that answers only after our 0.3 s data time-out: in doubt."""
+    c = build(messaging_settings(db_url, tmp_path, dev_certs, email={"data_timeout_seconds": 0.3}))
+    c.migrate()
+    r = Running(c).start()
+    r.sink.answer_late(1.0, times=count)
+    client = c.clients.add("ärendesystem", ["sandbox"]).client
+    ids = [r.submit(client, letter(), f"doubt-{i}") for i in range(count)]
+    for sid in ids:
+        shp = r.wait_state(sid, "HANDED_OVER", "DELIVERED", "FAILED")
+        assert (shp.state, shp.channel) == ("HANDED_OVER", "email")
+    return c, r, ids
+
+
+def test_an_operator_settles_letters_in_doubt_delivered_or_on_to_the_next_channel(
+    db_url: str, tmp_path: Path, dev_certs: Path
+) -> None:
+    from kanalvaxel.domain.errors import ConflictError, NotFoundError, ValidationError
+    from kanalvaxel.services.queries import letters_in_doubt
+
+    c, r, (found, lost) = _in_doubt(db_url, tmp_path, dev_certs, 2)
+    try:
+        listed = letters_in_doubt(c.uow)
+        assert [x.shipment_id for x in listed] == [found, lost]
+        assert {x.email for x in listed} == {"mo*******@example.se"}
+        assert all(x.message_id and x.message_id.startswith(f"<{x.shipment_id}.") for x in listed)
+        dispatcher = c.dispatcher("operator")
+        with pytest.raises(ValidationError):
+            dispatcher.resolve_in_doubt(found, delivered=True, operator="Kim", note="  ")
+        with pytest.raises(NotFoundError):
+            dispatcher.resolve_in_doubt("0" * 26, delivered=True, operator="Kim", note="x")
+
+        shp = dispatcher.resolve_in_doubt(
+            found, delivered=True, operator="Kim Handläggare", note="Finns i reläets logg som skickat"
+        )
+        assert shp.state == "DELIVERED"
+        with c.uow() as uow:
+            stored = uow.shipment(found)
+        assert stored is not None
+        assert stored.state == "DELIVERED"
+        assert stored.result is not None
+        assert (stored.result["in_doubt"], stored.result["resolved_by"]) == ("resolved", "Kim Handläggare")
+        [delivered] = [(m, d) for t, m, d in r.events(found) if t == "DELIVERED"]
+        assert "Bekräftat av Kim Handläggare" in delivered[0]
+        assert delivered[1]["resolution"] == "delivered"
+        assert delivered[1]["note"] == "Finns i reläets logg som skickat"
+        with pytest.raises(ConflictError):  # settled once; a second answer changes nothing
+            dispatcher.resolve_in_doubt(found, delivered=False, operator="Kim", note="ångrar mig")
+
+        dispatcher.resolve_in_doubt(lost, delivered=False, operator="Kim", note="Saknas i reläets logg")
+        shp = r.wait(lost, lambda s: s.channel == "print" and s.state in ("HANDED_OVER", "DELIVERED"))
+        failed = [(m, d) for t, m, d in r.events(lost) if t == "CHANNEL_FAILED"]
+        assert failed
+        assert "inte mottaget enligt Kim" in failed[-1][0]
+        assert failed[-1][1]["next_channel"] == "print"
+        assert letters_in_doubt(c.uow) == []
+        time.sleep(0.5)  # the worker had its chance to send again: it must not have
+        assert len(r.sink.messages) == 2
+        assert r.sink.attempts == 2
+    finally:
+        r.stop()
+        c.close()
+
+
+def test_the_in_doubt_commands_list_and_settle_with_one_line_errors(tmp_path: Path, dev_certs: Path) -> None:
+    import json
+    import os
+    import sys
+
+    db = tmp_path / "cli.db"
+    c, r, (sid,) = _in_doubt(f"sqlite:///{db}", tmp_path, dev_certs, 1)
+    r.stop()
+    c.close()
+    script = Path(sys.executable).parent / "kanalvaxel"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KANALVAXEL_")}
+    env |= {
+        "KANALVAXEL_DATABASE__URL": f"sqlite:///{db}",
+        "KANALVAXEL_DEV_CERTS_DIR": str(dev_certs),
+        "KANALVAXEL_VAR_DIR": str(tmp_path / "var"),
+        "KANALVAXEL_PRINT__SPOOL_DIR": str(tmp_path / "spool"),
+    }
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(script), *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    listed = cli("in-doubt", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    [row] = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert (row["shipment_id"], row["email"], row["channel"]) == (sid, "mo*******@example.se", "email")
+    assert ADDRESS not in listed.stdout + listed.stderr
+
+    undecided = cli("in-doubt", "resolve", sid, "--note", "kollat")
+    assert undecided.returncode != 0
+    assert undecided.stderr.splitlines() == ["kanalvaxel: error: resolve: say --delivered or --not-delivered"]
+
+    settled = cli("in-doubt", "resolve", sid, "--delivered", "--note", "I reläets logg", "--by", "Kim")
+    assert settled.returncode == 0, settled.stderr
+    assert f"letter {sid} is now DELIVERED" in settled.stdout
+
+    again = cli("in-doubt", "resolve", sid, "--not-delivered", "--note", "x", "--by", "Kim")
+    assert again.returncode != 0
+    assert again.stderr.splitlines() == [f"kanalvaxel: error: letter {sid} is not in doubt (state DELIVERED)"]
+    assert cli("in-doubt", "list").stdout.strip() == "no letters in doubt"

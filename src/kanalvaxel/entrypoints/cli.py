@@ -17,13 +17,18 @@ import typer
 
 from kanalvaxel.bootstrap import Container, build
 from kanalvaxel.config import Settings, load_settings
-from kanalvaxel.domain.errors import ConfigurationError, KanalvaxelError
+from kanalvaxel.domain.errors import ConfigurationError, KanalvaxelError, ValidationError
 from kanalvaxel.entrypoints.api.app import mask_identity_numbers
 
 log = logging.getLogger("kanalvaxel")
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="kanalväxel: the channel switch.")
 clients_app = typer.Typer(no_args_is_help=True, help="API clients (case systems) and their keys.")
 app.add_typer(clients_app, name="clients")
+in_doubt_app = typer.Typer(
+    no_args_is_help=True,
+    help="E-mail letters in doubt: sent whole, but the SMTP relay gave no final answer.",
+)
+app.add_typer(in_doubt_app, name="in-doubt")
 
 SANDBOX_CLIENT = "sandbox"
 
@@ -367,6 +372,60 @@ def dev_certs(force: Annotated[bool, typer.Option(help="Make new ones even if pr
     settings = load_settings()
     written = ensure_dev_certs(settings.dev_certs_dir, force=force)
     print(f"{len(written)} file(s) written to {settings.dev_certs_dir}")
+
+
+@in_doubt_app.command("list")
+def in_doubt_list(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """List letters in doubt, oldest first, with the Message-ID to look for in the relay's log."""
+    from dataclasses import asdict
+
+    from kanalvaxel.services.queries import letters_in_doubt
+
+    container = _prepare(_settings())
+    letters = letters_in_doubt(container.uow)
+    if as_json:
+        for letter in letters:
+            print(json.dumps(asdict(letter), ensure_ascii=False))
+        return
+    if not letters:
+        print("no letters in doubt")
+    for letter in letters:
+        print(
+            f"{letter.shipment_id}  {letter.handed_over_at or '?'}  {letter.channel}  "
+            f"{letter.email or '?'}  Message-ID {letter.message_id or '?'}  "
+            f"case {letter.case_reference or '-'}"
+        )
+
+
+@in_doubt_app.command("resolve")
+def in_doubt_resolve(
+    shipment_id: str,
+    delivered: Annotated[
+        bool | None,
+        typer.Option(
+            "--delivered/--not-delivered",
+            help="Found in the relay's log as sent on, or not: then the letter goes to its next channel.",
+        ),
+    ] = None,
+    note: Annotated[str, typer.Option(help="What was checked (kept in the letter's record).")] = "",
+    by: Annotated[str | None, typer.Option(help="Who decides (default: the logged-in user).")] = None,
+) -> None:
+    """Settle a letter in doubt; recorded with who decided and why."""
+    import getpass
+
+    if delivered is None:
+        raise ValidationError("resolve", "say --delivered or --not-delivered")
+    container = _prepare(_settings())
+    operator = by if by is not None else getpass.getuser()
+    shp = container.dispatcher("operator").resolve_in_doubt(
+        shipment_id, delivered=delivered, operator=operator, note=note
+    )
+    if shp.state == "SENDING":
+        print(f"letter {shp.id} goes on to the next channel of its decision (a worker sends it)")
+    else:
+        print(f"letter {shp.id} is now {shp.state}")
 
 
 @app.command("sandbox-inbox")

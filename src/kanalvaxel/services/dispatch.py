@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from kanalvaxel.domain.errors import ConflictError, NotFoundError, ValidationError
 from kanalvaxel.domain.model import Channel, EventType, Letter, Notice, ShipmentState, check_transition
 from kanalvaxel.domain.rules import CHANNEL_NAMES_SV, Decision, MailboxLookup, Policy, decide
 from kanalvaxel.ports import (
@@ -555,6 +556,56 @@ class Dispatcher:
             shp.result = {**(shp.result or {}), "notices": notices}
             uow.save_shipment(shp)
             uow.commit()
+
+    # ------------------------------------------------------------------------------- operator decisions
+
+    def resolve_in_doubt(
+        self, shipment_id: str, *, delivered: bool, operator: str, note: str
+    ) -> ShipmentRecord:
+        """An operator's answer for a letter left in doubt (the whole e-mail was sent, no final SMTP reply):
+        `delivered` after finding it in the relay's log, otherwise it goes on to the next channel of its
+        decision (never the same e-mail again). Recorded with who decided and why; raises NotFoundError or
+        ConflictError (not, or no longer, in doubt)."""
+        operator, note = operator.strip(), note.strip()
+        if not operator or not note:
+            raise ValidationError("note" if operator else "operator", "must not be empty")
+        now = self._clock.now()
+        with self._uow() as uow:
+            shp = uow.shipment(
+                shipment_id, for_update=True
+            )  # two operators at once: the second waits, then fails
+            if shp is None:
+                raise NotFoundError(f"no letter {shipment_id}")
+            result = dict(shp.result or {})
+            if shp.state != ShipmentState.HANDED_OVER.value or result.get("in_doubt") != "true":
+                raise ConflictError(f"letter {shipment_id} is not in doubt (state {shp.state})")
+            assert shp.decision is not None  # a handed-over letter was decided
+            decision, _ = decision_from_json(shp.decision)
+            channel = Channel(str(shp.channel))
+            resolution = "delivered" if delivered else "not_delivered"
+            details: dict[str, object] = {
+                "resolved_by": operator,
+                "resolution": resolution,
+                "note": note,
+                "external_ref": result.get("external_ref"),
+            }
+            shp.updated_at = now
+            if delivered:
+                merged = {
+                    **result,
+                    "in_doubt": "resolved",
+                    "resolution": resolution,
+                    "resolved_by": operator,
+                    "delivered_at": now.isoformat(),
+                }
+                detail = f"Bekräftat av {operator} efter kontroll: {note}"
+                self._delivered(uow, shp, decision, channel, detail, merged, now, details)
+            else:
+                detail = f"inte mottaget enligt {operator}: {note}"
+                self._fall_back(uow, shp, decision, channel, detail, now, details)
+            uow.commit()
+        log.warning("shipment %s in doubt resolved as %s by an operator", shipment_id, resolution)
+        return shp
 
     # ---------------------------------------------------------------------------------------- helpers
 

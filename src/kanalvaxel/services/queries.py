@@ -7,11 +7,52 @@ from dataclasses import dataclass
 
 from kanalvaxel.domain.errors import ForbiddenError, NotFoundError, ValidationError
 from kanalvaxel.domain.model import Letter
-from kanalvaxel.domain.rules import Policy, decide
+from kanalvaxel.domain.rules import EMAIL_CHANNELS, Policy, decide
 from kanalvaxel.ports import AttemptRecord, ClientRecord, Clock, EventRecord, SenderInfo, ShipmentRecord
 from kanalvaxel.services import UowFactory
 from kanalvaxel.services.codec import decision_to_json
 from kanalvaxel.services.facts import FactsGatherer
+
+
+@dataclass(frozen=True, slots=True)
+class InDoubtLetter:
+    """A letter whose e-mail went out whole but got no final SMTP reply: someone has to decide."""
+
+    shipment_id: str
+    case_reference: str | None
+    sender_key: str
+    channel: str
+    handed_over_at: str | None
+    message_id: str | None  # what to look for in the relay's log
+    email: str | None  # masked, as in the record
+
+
+def letters_in_doubt(uow: UowFactory, limit: int = 1000) -> list[InDoubtLetter]:
+    """Letters in doubt, oldest first (no personal data beyond the masked address)."""
+    with uow() as u:
+        handed_over = u.handed_over(sorted(c.value for c in EMAIL_CHANNELS), limit)
+    found: list[InDoubtLetter] = []
+    for shp in handed_over:
+        result = shp.result or {}
+        if result.get("in_doubt") != "true":
+            continue
+
+        def text(key: str, result: Mapping[str, object] = result) -> str | None:
+            value = result.get(key)
+            return value if isinstance(value, str) else None
+
+        found.append(
+            InDoubtLetter(
+                shipment_id=shp.id,
+                case_reference=shp.case_reference,
+                sender_key=shp.sender_key,
+                channel=str(shp.channel),
+                handed_over_at=text("handed_over_at"),
+                message_id=text("message_id") or text("external_ref"),
+                email=text("email"),
+            )
+        )
+    return found
 
 
 @dataclass(frozen=True, slots=True)

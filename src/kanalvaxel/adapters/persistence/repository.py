@@ -170,6 +170,15 @@ class SqlUnitOfWork:
         row = self.session.scalar(stmt)
         return None if row is None else _shipment(row)
 
+    def handed_over(self, channels: Sequence[str], limit: int) -> Sequence[ShipmentRecord]:
+        rows = self.session.scalars(
+            select(ShipmentRow)
+            .where(ShipmentRow.state == "HANDED_OVER", ShipmentRow.channel.in_(list(channels)))
+            .order_by(ShipmentRow.updated_at, ShipmentRow.id)
+            .limit(limit)
+        )
+        return [_shipment(row) for row in rows]
+
     def letter_content(self, shipment_id: str) -> tuple[Mapping[str, object], Sequence[Attachment]] | None:
         content = self.session.get(ShipmentContentRow, shipment_id)
         if content is None:
