@@ -210,5 +210,6 @@ def build(settings: Settings, *, clock: Clock | None = None, outside_world: bool
             backoff_max=timedelta(seconds=w.backoff_max_seconds),
             notice_max_attempts=settings.sms.max_attempts,
             failpoints=dict(w.failpoints),
+            lease=timedelta(seconds=w.lease_seconds),
         ),
     )

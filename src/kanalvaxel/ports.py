@@ -370,8 +370,9 @@ class UnitOfWork(Protocol):
         """Mark the item DONE if the lease is still ours, else raise LeaseLostError."""
         ...
 
-    def check_lease(self, claim: Claim) -> None:
-        """Raise LeaseLostError unless the item is still CLAIMED under this token."""
+    def check_lease(self, claim: Claim, *, extend_until: datetime | None = None) -> None:
+        """Raise LeaseLostError unless the item is still CLAIMED under this token; `extend_until`
+        renews the lease to then."""
         ...
 
     def release(self, claim: Claim) -> None:

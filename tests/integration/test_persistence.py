@@ -121,6 +121,34 @@ def test_an_expired_lease_returns_work_and_the_old_holder_can_record_nothing(
         assert uow.claim("w3", clock.now() + timedelta(hours=1), lease, 10) == []
 
 
+def test_a_renewed_lease_keeps_the_work_until_the_new_expiry(
+    container: Container, client: ClientRecord, clock: ManualClock
+) -> None:
+    """The dispatcher renews the lease when an attempt starts, so a channel's time bound (a share of the
+    lease) counts from the send and not from the claim."""
+    _submit(container, client, 1)
+    lease = timedelta(seconds=60)
+    with container.uow() as uow:
+        (claim,) = uow.claim("w1", clock.now(), lease, 1)
+        uow.commit()
+    clock.advance(seconds=50)
+    with container.uow() as uow:
+        uow.check_lease(claim, extend_until=clock.now() + lease)
+        uow.commit()
+    clock.advance(seconds=20)  # past the first expiry, before the renewed one
+    with container.uow() as uow:
+        assert uow.claim("w2", clock.now(), lease, 1) == []
+        uow.commit()
+    clock.advance(seconds=41)
+    with container.uow() as uow:
+        (taken,) = uow.claim("w2", clock.now(), lease, 1)
+        uow.commit()
+    with container.uow() as uow, pytest.raises(LeaseLostError):  # the old holder cannot renew it back
+        uow.check_lease(claim, extend_until=clock.now() + lease)
+    assert taken.claims == 2
+    assert container.dispatch_settings.lease == timedelta(seconds=container.settings.worker.lease_seconds)
+
+
 def test_released_work_is_claimable_at_once(
     container: Container, client: ClientRecord, clock: ManualClock
 ) -> None:

@@ -13,7 +13,6 @@ checks the recipient's certificate again at the moment of sending.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from kanalvaxel.adapters.email_message import (
 )
 from kanalvaxel.adapters.smime import SmimeError, SmimeSigner, build_encrypted_email
 from kanalvaxel.adapters.smtp import SmtpError, SmtpPermanentError, SmtpTransport, SmtpUncertainError
-from kanalvaxel.domain.masking import mask_email
+from kanalvaxel.domain.masking import ADDRESS_IN_TEXT, mask_email
 from kanalvaxel.domain.model import Channel, is_confidential
 from kanalvaxel.domain.rules import certificate_problems, reason_text
 from kanalvaxel.ports import (
@@ -168,12 +167,9 @@ class _SmtpChannel:
         )
 
 
-_ADDRESS = re.compile(r"[^\s<>\"'(),;:]+@[^\s<>\"'(),;:]+")
-
-
 def _server_words(exc: SmtpError) -> str:
     """The server's answer for the record: relays quote the recipient's address, which is masked here."""
-    text = _ADDRESS.sub(lambda m: mask_email(m.group(0)), " ".join(exc.server_text.split()))[:300]
+    text = ADDRESS_IN_TEXT.sub(lambda m: mask_email(m.group(0)), " ".join(exc.server_text.split()))[:300]
     return f"{exc.code} {text}" if exc.code is not None else text
 
 

@@ -47,8 +47,10 @@ deliver the letter twice, so the caller must not resend on its own.
 A whole :meth:`SmtpTransport.send` can be bounded (``session_timeout``): every step gets at most what is left
 of it after keeping ``data_timeout`` for the final reply, and when too little is left to wait for that reply
 the message is not finished (no final dot: the relay discards it) and the error is temporary. The delivery
-worker sets it below its lease, so no other worker can take the letter over while this one may still be
-sending it.
+worker sets it below its lease (renewed when the attempt starts), so no other worker can take the letter
+over while this one may still be sending it. The bound is applied per socket operation (a step's reply is
+read line by line, name resolution is not bounded), so a relay that trickles its answer can overrun it a
+little; the check before the final dot keeps such an overrun from ever turning into a second delivery.
 
 The session always ends with QUIT (or a plain close when the connection is already broken), also on errors.
 ``server_text`` is the server's own words, decoded and trimmed, or ours (Swedish) when the server said
@@ -274,6 +276,7 @@ class _Client(smtplib.SMTP):
 
 
 _QUIT_TIMEOUT = 10.0  # the goodbye decides nothing; the outcome is not held up waiting for it
+_LEAST_WAIT = 0.5  # for the final reply when a pause ate the time kept for it
 
 
 class _Session:
@@ -285,6 +288,7 @@ class _Session:
         self.deadline = deadline  # time.monotonic() by which the whole session is over; None = unbounded
         self.step: Step = "connect"
         self.broken = False  # the connection can no longer carry a polite QUIT
+        self.in_message = False  # between DATA's 354 and the final dot: a QUIT would be read as message text
 
     def enter(self, step: Step) -> None:
         """Start ``step``: its time-out is the step time-out, cut to what the session has left (before the
@@ -293,14 +297,20 @@ class _Session:
         wait = self.config.data_timeout if step == "end" else self.config.timeout
         if self.deadline is not None:
             left = self.deadline - time.monotonic()
-            if step != "end":
+            if step == "end":
+                # The dot is sent: never a retryable error now. A pause (GC, a frozen VM) that ate the time
+                # kept for the reply leaves a short wait, and no reply in it means "in doubt".
+                wait = min(wait, max(left, _LEAST_WAIT))
+            else:
                 left -= self.config.data_timeout
-            if left <= 0:
-                log.warning("SMTP session out of time before %s; the message was not sent", step.upper())
-                raise SmtpTemporaryError(
-                    step, None, "sändningen tog för lång tid och avbröts innan meddelandet var skickat"
-                )
-            wait = min(wait, left)
+                if left <= 0:
+                    log.warning("SMTP session out of time before %s; the message was not sent", step.upper())
+                    # Mid-message the relay reads whatever we say as message text: just hang up.
+                    self.broken = self.broken or self.in_message
+                    raise SmtpTemporaryError(
+                        step, None, "sändningen tog för lång tid och avbröts innan meddelandet var skickat"
+                    )
+                wait = min(wait, left)
         self.client.timeout = wait  # used by connect()
         if self.client.sock is not None:
             self.client.sock.settimeout(wait)
@@ -375,6 +385,7 @@ class SmtpTransport:
                 session.expect("rcpt", client.rcpt(recipient), ok=(250, 251))
             session.enter("data")
             session.expect("data", client.docmd("data"), ok=(354,))
+            session.in_message = True
             # smtplib's data() would hide where a failure happened; before the final dot a failure is a
             # plain temporary one, after it the outcome is unknown (see the module docstring).
             body = _DOT_AT_LINE_START.sub(b"..", data)
@@ -384,6 +395,7 @@ class SmtpTransport:
             client.send(body)
             session.enter("data")  # the final dot only if the final reply can still be waited for
             client.send(b".\r\n")
+            session.in_message = False
             session.enter("end")
             code, reply = client.getreply()
             session.expect("end", (code, reply))
@@ -503,9 +515,12 @@ class SmtpTransport:
     @staticmethod
     def _close(session: _Session) -> None:
         client = session.client
-        if not session.broken and client.sock is not None:
+        wait = min(session.config.timeout, _QUIT_TIMEOUT)
+        if session.deadline is not None:  # the goodbye too ends within the session's bound
+            wait = min(wait, session.deadline - time.monotonic())
+        if not session.broken and not session.in_message and client.sock is not None and wait > 0:
             try:
-                client.sock.settimeout(min(session.config.timeout, _QUIT_TIMEOUT))
+                client.sock.settimeout(wait)
                 client.quit()
                 return
             except (smtplib.SMTPException, OSError):

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
+#: Something that looks like an e-mail address inside free text (a relay's answer, an operator's note).
+ADDRESS_IN_TEXT = re.compile(r"[^\s<>\"'(),;:]+@[^\s<>\"'(),;:]+")
+#: A personnummer or samordningsnummer (10 or 12 digits, with or without separator) inside free text.
+IDENTITY_IN_TEXT = re.compile(r"(?<!\d)((?:\d ?){5}\d|(?:\d ?){7}\d) ?[-+]? ?((?:\d ?){3}\d)(?!\d)")
+
 
 def mask_email(address: str) -> str:
     """``mottagare@example.se`` -> ``mo*******@example.se``: enough for customer service to recognise it."""
@@ -19,3 +26,14 @@ def mask_mobile(number: str) -> str:
         return "*" * len(number)
     prefix = "+" if number.startswith("+") else ""
     return f"{prefix}{digits[:4]}{'*' * (len(digits) - 6)}{digits[-2:]}"
+
+
+def mask_identity_numbers(text: str) -> str:
+    """Identity numbers in free text keep the birth date only: ``19121212-1212`` -> ``19121212-****``."""
+    return IDENTITY_IN_TEXT.sub(lambda m: f"{m[1]}-****", text)
+
+
+def mask_free_text(text: str) -> str:
+    """Free text that may quote contact details (an operator's note, a relay's answer): addresses and
+    identity numbers masked."""
+    return mask_identity_numbers(ADDRESS_IN_TEXT.sub(lambda m: mask_email(m.group(0)), text))

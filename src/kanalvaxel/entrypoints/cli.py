@@ -18,7 +18,7 @@ import typer
 from kanalvaxel.bootstrap import Container, build
 from kanalvaxel.config import Settings, load_settings
 from kanalvaxel.domain.errors import ConfigurationError, KanalvaxelError, ValidationError
-from kanalvaxel.entrypoints.api.app import mask_identity_numbers
+from kanalvaxel.domain.masking import mask_identity_numbers
 
 log = logging.getLogger("kanalvaxel")
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="kanalväxel: the channel switch.")
@@ -379,12 +379,15 @@ def in_doubt_list(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """List letters in doubt, oldest first, with the Message-ID to look for in the relay's log."""
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from kanalvaxel.services.queries import letters_in_doubt
 
     container = _prepare(_settings())
-    letters = letters_in_doubt(container.uow)
+    letters = [
+        replace(x, case_reference=mask_identity_numbers(x.case_reference) if x.case_reference else None)
+        for x in letters_in_doubt(container.uow)
+    ]
     if as_json:
         for letter in letters:
             print(json.dumps(asdict(letter), ensure_ascii=False))
@@ -417,8 +420,13 @@ def in_doubt_resolve(
 
     if delivered is None:
         raise ValidationError("resolve", "say --delivered or --not-delivered")
+    operator = by
+    if operator is None:
+        try:
+            operator = getpass.getuser()
+        except (KeyError, OSError) as exc:  # a container user with no name
+            raise ValidationError("by", "no user name known here; say who decides with --by") from exc
     container = _prepare(_settings())
-    operator = by if by is not None else getpass.getuser()
     shp = container.dispatcher("operator").resolve_in_doubt(
         shipment_id, delivered=delivered, operator=operator, note=note
     )

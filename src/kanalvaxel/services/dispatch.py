@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from kanalvaxel.domain.errors import ConflictError, NotFoundError, ValidationError
+from kanalvaxel.domain.masking import mask_free_text
 from kanalvaxel.domain.model import Channel, EventType, Letter, Notice, ShipmentState, check_transition
 from kanalvaxel.domain.rules import CHANNEL_NAMES_SV, Decision, MailboxLookup, Policy, decide
 from kanalvaxel.ports import (
@@ -56,6 +57,9 @@ class DispatchSettings:
     #: A notice (SMS) is tried this many times before it is recorded as not sent.
     notice_max_attempts: int = 5
     failpoints: Mapping[str, float] = field(default_factory=dict)
+    #: The worker's lease; renewed when an attempt starts, so a channel's own time bound (a share of the
+    #: lease, e.g. an SMTP session) counts from the send, not from the claim. None: not renewed.
+    lease: timedelta | None = None
 
 
 def backoff(attempts: int, base: timedelta, cap: timedelta, salt: str) -> timedelta:
@@ -158,7 +162,8 @@ class Dispatcher:
         now = self._clock.now()
         attempt_no = shp.attempts + 1
         with self._uow() as uow:
-            uow.check_lease(claim)
+            lease = self._settings.lease
+            uow.check_lease(claim, extend_until=now + lease if lease is not None else None)
             uow.start_attempt(
                 shp.id, AttemptRecord(attempt_no, channel.value, self._worker, now, None, None, None, None)
             )
@@ -566,7 +571,9 @@ class Dispatcher:
         `delivered` after finding it in the relay's log, otherwise it goes on to the next channel of its
         decision (never the same e-mail again). Recorded with who decided and why; raises NotFoundError or
         ConflictError (not, or no longer, in doubt)."""
-        operator, note = operator.strip(), note.strip()
+        # The note goes into events that case systems read: a pasted relay log line must not carry an address
+        # or a personnummer in full.
+        operator, note = operator.strip(), mask_free_text(" ".join(note.split()))[:500]
         if not operator or not note:
             raise ValidationError("note" if operator else "operator", "must not be empty")
         now = self._clock.now()

@@ -323,12 +323,13 @@ class SqlUnitOfWork:
         if res.rowcount != 1:  # type: ignore[attr-defined]
             raise LeaseLostError(str(claim.work_item_id))
 
-    def check_lease(self, claim: Claim) -> None:
+    def check_lease(self, claim: Claim, *, extend_until: datetime | None = None) -> None:
         # An UPDATE rather than a SELECT: on PostgreSQL it takes the row lock, so a claimer that comes
         # after us waits until we commit and then sees what we wrote.
-        res = self.session.execute(
-            update(WorkItemRow).where(self._ours(claim)).values(lease_token=WorkItemRow.lease_token)
-        )
+        values: dict[str, object] = {"lease_token": WorkItemRow.lease_token}
+        if extend_until is not None:
+            values["lease_expires_at"] = extend_until
+        res = self.session.execute(update(WorkItemRow).where(self._ours(claim)).values(**values))
         if res.rowcount != 1:  # type: ignore[attr-defined]
             raise LeaseLostError(str(claim.work_item_id))
 

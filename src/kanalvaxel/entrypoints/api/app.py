@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -15,17 +14,12 @@ from fastapi.openapi.utils import get_openapi
 
 from kanalvaxel import __version__
 from kanalvaxel.bootstrap import Container
+from kanalvaxel.domain.masking import mask_identity_numbers
 from kanalvaxel.entrypoints.api import errors
 from kanalvaxel.entrypoints.api.routes import health, recipients, shipments
 
 access_log = logging.getLogger("kanalvaxel.access")
 # Spaces anywhere, as RecipientId.parse accepts them ("19121212 1212", "1912 1212 1212").
-_IDENTITY = re.compile(r"(?<!\d)((?:\d ?){5}\d|(?:\d ?){7}\d) ?[-+]? ?((?:\d ?){3}\d)(?!\d)")
-
-
-def mask_identity_numbers(text: str) -> str:
-    """Personal identity numbers never reach the logs at info level: keep the birth date only."""
-    return _IDENTITY.sub(lambda m: f"{m[1]}-****", text)
 
 
 def create_app(
