@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,3 +109,28 @@ def dev_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(name="shared_dir")
 def shared_dir_fixture() -> Path:
     return shared_dir()
+
+
+def _kanalvaxel() -> list[str]:
+    script = Path(sys.executable).parent / "kanalvaxel"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "kanalvaxel.entrypoints.cli"]
+
+
+def run_cli(tmp_path: Path, dev_certs: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`kanalvaxel ARGS` as an operator runs it: sandbox settings on the SQLite database tmp_path/cli.db."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KANALVAXEL_")}
+    env |= {
+        "KANALVAXEL_DATABASE__URL": f"sqlite:///{tmp_path / 'cli.db'}",
+        "KANALVAXEL_DEV_CERTS_DIR": str(dev_certs),
+        "KANALVAXEL_VAR_DIR": str(tmp_path / "var"),
+        "KANALVAXEL_PRINT__SPOOL_DIR": str(tmp_path / "spool"),
+    }
+    return subprocess.run(
+        [*_kanalvaxel(), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from kanalvaxel.entrypoints.api.errors import PROBLEM
 from kanalvaxel.entrypoints.cli import openapi_text
+from tests.conftest import run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = REPO_ROOT / "openapi" / "openapi.json"
@@ -40,32 +38,8 @@ def test_openapi_documents_every_error_answer_as_problem_json() -> None:
     assert idempotency["in"] == "header"
 
 
-def _kanalvaxel() -> list[str]:
-    script = Path(sys.executable).parent / "kanalvaxel"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "kanalvaxel.entrypoints.cli"]
-
-
-def _run_cli(tmp_path: Path, dev_certs: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KANALVAXEL_")}
-    env |= {
-        "KANALVAXEL_DATABASE__URL": f"sqlite:///{tmp_path / 'cli.db'}",
-        "KANALVAXEL_DEV_CERTS_DIR": str(dev_certs),
-        "KANALVAXEL_VAR_DIR": str(tmp_path / "var"),
-        "KANALVAXEL_PRINT__SPOOL_DIR": str(tmp_path / "spool"),
-    }
-    return subprocess.run(
-        [*_kanalvaxel(), *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_cli_error_is_one_line_on_stderr(tmp_path: Path, dev_certs: Path) -> None:
-    done = _run_cli(tmp_path, dev_certs, "clients", "revoke", "nobody")
+    done = run_cli(tmp_path, dev_certs, "clients", "revoke", "nobody")
     assert done.returncode != 0
     assert done.stdout == ""
     assert "Traceback" not in done.stderr
@@ -73,7 +47,7 @@ def test_cli_error_is_one_line_on_stderr(tmp_path: Path, dev_certs: Path) -> Non
 
 
 def test_cli_error_is_the_only_line_on_stderr(tmp_path: Path, dev_certs: Path) -> None:
-    done = _run_cli(tmp_path, dev_certs, "clients", "revoke", "nobody")
+    done = run_cli(tmp_path, dev_certs, "clients", "revoke", "nobody")
     assert done.returncode != 0
     lines = done.stderr.splitlines()
     assert len(lines) == 1, lines

@@ -723,32 +723,15 @@ def test_an_operator_settles_letters_in_doubt_delivered_or_on_to_the_next_channe
 
 def test_the_in_doubt_commands_list_and_settle_with_one_line_errors(tmp_path: Path, dev_certs: Path) -> None:
     import json
-    import os
-    import sys
 
-    db = tmp_path / "cli.db"
-    c, r, (sid,) = _in_doubt(f"sqlite:///{db}", tmp_path, dev_certs, 1)
+    from tests.conftest import run_cli
+
+    c, r, (sid,) = _in_doubt(f"sqlite:///{tmp_path / 'cli.db'}", tmp_path, dev_certs, 1)
     r.stop()
     c.close()
-    script = Path(sys.executable).parent / "kanalvaxel"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KANALVAXEL_")}
-    env |= {
-        "KANALVAXEL_DATABASE__URL": f"sqlite:///{db}",
-        "KANALVAXEL_DEV_CERTS_DIR": str(dev_certs),
-        "KANALVAXEL_VAR_DIR": str(tmp_path / "var"),
-        "KANALVAXEL_PRINT__SPOOL_DIR": str(tmp_path / "spool"),
-    }
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(script), *args],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return run_cli(tmp_path, dev_certs, *args)
 
     listed = cli("in-doubt", "list", "--json")
     assert listed.returncode == 0, listed.stderr

@@ -379,15 +379,12 @@ def in_doubt_list(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """List letters in doubt, oldest first, with the Message-ID to look for in the relay's log."""
-    from dataclasses import asdict, replace
+    from dataclasses import asdict
 
     from kanalvaxel.services.queries import letters_in_doubt
 
     container = _prepare(_settings())
-    letters = [
-        replace(x, case_reference=mask_identity_numbers(x.case_reference) if x.case_reference else None)
-        for x in letters_in_doubt(container.uow)
-    ]
+    letters = letters_in_doubt(container.uow)
     if as_json:
         for letter in letters:
             print(json.dumps(asdict(letter), ensure_ascii=False))

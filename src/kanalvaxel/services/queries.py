@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from kanalvaxel.domain.errors import ForbiddenError, NotFoundError, ValidationError
+from kanalvaxel.domain.masking import mask_identity_numbers
 from kanalvaxel.domain.model import Letter
 from kanalvaxel.domain.rules import EMAIL_CHANNELS, Policy, decide
 from kanalvaxel.ports import AttemptRecord, ClientRecord, Clock, EventRecord, SenderInfo, ShipmentRecord
@@ -19,7 +20,7 @@ class InDoubtLetter:
     """A letter whose e-mail went out whole but got no final SMTP reply: someone has to decide."""
 
     shipment_id: str
-    case_reference: str | None
+    case_reference: str | None  # identity numbers in it masked
     sender_key: str
     channel: str
     handed_over_at: str | None
@@ -28,31 +29,28 @@ class InDoubtLetter:
 
 
 def letters_in_doubt(uow: UowFactory, limit: int = 1000) -> list[InDoubtLetter]:
-    """Letters in doubt, oldest first (no personal data beyond the masked address)."""
+    """Letters in doubt, oldest first: the address masked as in the record, identity numbers in the case
+    reference masked."""
     with uow() as u:
         handed_over = u.handed_over(sorted(c.value for c in EMAIL_CHANNELS), limit)
-    found: list[InDoubtLetter] = []
-    for shp in handed_over:
-        result = shp.result or {}
-        if result.get("in_doubt") != "true":
-            continue
-
-        def text(key: str, result: Mapping[str, object] = result) -> str | None:
-            value = result.get(key)
-            return value if isinstance(value, str) else None
-
-        found.append(
-            InDoubtLetter(
-                shipment_id=shp.id,
-                case_reference=shp.case_reference,
-                sender_key=shp.sender_key,
-                channel=str(shp.channel),
-                handed_over_at=text("handed_over_at"),
-                message_id=text("message_id") or text("external_ref"),
-                email=text("email"),
-            )
+    return [
+        InDoubtLetter(
+            shipment_id=shp.id,
+            case_reference=mask_identity_numbers(shp.case_reference) if shp.case_reference else None,
+            sender_key=shp.sender_key,
+            channel=str(shp.channel),
+            handed_over_at=_text(result, "handed_over_at"),
+            message_id=_text(result, "message_id") or _text(result, "external_ref"),
+            email=_text(result, "email"),
         )
-    return found
+        for shp in handed_over
+        if (result := shp.result or {}).get("in_doubt") == "true"
+    ]
+
+
+def _text(result: Mapping[str, object], key: str) -> str | None:
+    value = result.get(key)
+    return value if isinstance(value, str) else None
 
 
 @dataclass(frozen=True, slots=True)
