@@ -251,3 +251,12 @@ def test_sandbox_fills_email_and_sms_with_the_simulators_and_development_certifi
     assert sender.email_address == "noreply@sandlada.example.se"
     # A real SMTP relay named in the sandbox keeps the system's trust store unless told otherwise.
     assert load_settings(email={"smtp_host": "smtp.example.se"}).email.ca_bundle is None
+
+
+def test_sandbox_print_batches_close_within_seconds_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kanalvaxel.config import SANDBOX_PRINT_BATCH_MAX_AGE_SECONDS, load_settings
+
+    assert SANDBOX_PRINT_BATCH_MAX_AGE_SECONDS <= 10
+    assert load_settings().print.batch_max_age_seconds == SANDBOX_PRINT_BATCH_MAX_AGE_SECONDS
+    monkeypatch.setenv("KANALVAXEL_PRINT__BATCH_MAX_AGE_SECONDS", "600")
+    assert load_settings().print.batch_max_age_seconds == 600

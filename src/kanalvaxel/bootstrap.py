@@ -20,7 +20,7 @@ from kanalvaxel.adapters.print_file import DirectoryPrintSpool, PdfLetterRendere
 from kanalvaxel.config import Settings
 from kanalvaxel.domain.errors import ConfigurationError, PolicyError
 from kanalvaxel.domain.model import Channel, Notice
-from kanalvaxel.domain.rules import Policy, load_policy
+from kanalvaxel.domain.rules import ChannelLimits, Policy, load_policy
 from kanalvaxel.ports import ChannelAdapter, Clock, NoticeSender, SenderInfo, UnitOfWork
 from kanalvaxel.services import UowFactory
 from kanalvaxel.services.clients import ClientService
@@ -100,6 +100,16 @@ class Container:
         self.engine.dispose()
 
 
+def _merged(
+    *by_sender: dict[str, dict[Channel | Notice, str]],
+) -> dict[str, dict[Channel | Notice, str]]:
+    out: dict[str, dict[Channel | Notice, str]] = {}
+    for part in by_sender:
+        for key, channels in part.items():
+            out.setdefault(key, {}).update(channels)
+    return out
+
+
 def build(settings: Settings, *, clock: Clock | None = None, outside_world: bool = True) -> Container:
     """Wire everything from settings. Raises ConfigurationError for settings that cannot work.
 
@@ -128,7 +138,9 @@ def build(settings: Settings, *, clock: Clock | None = None, outside_world: bool
     printing: PrintBatchCloser | None = None
     if settings.print.enabled:
         spool = DirectoryPrintSpool(settings.print.spool_dir)
-        channels[Channel.PRINT] = PrintChannel(PdfLetterRenderer(), spool)
+        channels[Channel.PRINT] = PrintChannel(
+            PdfLetterRenderer(), spool, max_pages=settings.print.max_pages_per_letter
+        )
         printing = PrintBatchCloser(
             uow,
             clock,
@@ -137,6 +149,7 @@ def build(settings: Settings, *, clock: Clock | None = None, outside_world: bool
                 max_letters=settings.print.batch_max_letters,
                 max_bytes=settings.print.batch_max_bytes,
                 max_age=timedelta(seconds=settings.print.batch_max_age_seconds),
+                closing_lease=timedelta(seconds=settings.worker.lease_seconds),
             ),
         )
     else:
@@ -174,7 +187,14 @@ def build(settings: Settings, *, clock: Clock | None = None, outside_world: bool
         certificates=messaging.inspector if messaging else None,
         unavailable=unavailable,
         certificate_directory=messaging.directory if messaging else None,
-        sender_unavailable=messaging.sender_unavailable if messaging else None,
+        sender_unavailable=_merged(
+            messaging.sender_unavailable if messaging else {},
+            digital_mail.sender_unavailable if digital_mail else {},
+        ),
+        limits=ChannelLimits(
+            max_print_pages=settings.print.max_pages_per_letter if settings.print.enabled else None,
+            max_digital_bytes=settings.mina_meddelanden.max_message_bytes,
+        ),
     )
     w = settings.worker
     limits = settings.limits
@@ -195,6 +215,7 @@ def build(settings: Settings, *, clock: Clock | None = None, outside_world: bool
                 limits.max_attachment_bytes,
                 limits.max_total_attachment_bytes,
                 limits.max_body_chars,
+                limits.max_decompressed_bytes,
             ),
             senders,
         ),

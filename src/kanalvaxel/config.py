@@ -86,7 +86,11 @@ class PrintSettings(_Strict):
     spool_dir: Path = Path("var/print-spool")
     batch_max_letters: int = Field(default=500, ge=1)
     batch_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    #: How long a batch collects letters before it goes to the vendor (the sandbox: 5 s unless set).
     batch_max_age_seconds: int = Field(default=3600, ge=0)
+    #: Pages one printed letter may have, the address page included: a letter with more is not sent on
+    #: paper (reason TOO_MANY_PAGES). PostNord's eBREV takes at most 6 sheets in a C5 envelope (one-sided).
+    max_pages_per_letter: int = Field(default=6, ge=1, le=1000)
 
 
 class LimitSettings(_Strict):
@@ -94,6 +98,8 @@ class LimitSettings(_Strict):
     max_attachment_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     max_total_attachment_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     max_body_chars: int = Field(default=200_000, ge=1)
+    #: What the streams of one PDF attachment may expand to, together (a small file can inflate 1000-fold).
+    max_decompressed_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
 
 
 class MinaMeddelandenSettings(_Strict):
@@ -104,6 +110,9 @@ class MinaMeddelandenSettings(_Strict):
     """
 
     enabled: bool = True
+    #: DIGG's rules for senders: a message may be at most 2 MB, attachments included. A larger letter is not
+    #: eligible for digital mail (reason MESSAGE_TOO_LARGE) rather than failing at the operator.
+    max_message_bytes: int = Field(default=2 * 1024 * 1024, ge=1)
     #: FaR Recipient v3 endpoint. Empty in the sandbox = the FaR simulator this process starts.
     far_url: str | None = None
     #: Mutual TLS towards FaR (and a remote relay): our client certificate and the CAs we trust.
@@ -433,6 +442,7 @@ def load_settings(**overrides: object) -> Settings:
     if settings.is_sandbox:
         settings = settings.model_copy(
             update={
+                "print": _sandbox_print(settings),
                 "mina_meddelanden": _sandbox_mm(settings),
                 "email": _sandbox_email(settings),
                 "sms": _sandbox_sms(settings),
@@ -442,6 +452,17 @@ def load_settings(**overrides: object) -> Settings:
         settings = settings.model_copy(update={"embedded_defaults": True})
     check_production(settings)
     return settings
+
+
+#: How long a sandbox print batch collects letters: someone trying the sandbox sees the print file at once.
+SANDBOX_PRINT_BATCH_MAX_AGE_SECONDS = 5
+
+
+def _sandbox_print(settings: Settings) -> PrintSettings:
+    pr = settings.print
+    if "batch_max_age_seconds" in pr.model_fields_set:
+        return pr
+    return pr.model_copy(update={"batch_max_age_seconds": SANDBOX_PRINT_BATCH_MAX_AGE_SECONDS})
 
 
 def _sandbox_mm(settings: Settings) -> MinaMeddelandenSettings:

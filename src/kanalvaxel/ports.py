@@ -303,6 +303,7 @@ class PrintBatchRecord:
     letter_count: int
     total_bytes: int
     path: str | None
+    closed_at: datetime | None = None
 
 
 class UnitOfWork(Protocol):
@@ -409,6 +410,9 @@ class UnitOfWork(Protocol):
         ...
 
     def print_batch(self, batch_id: str) -> PrintBatchRecord | None: ...
+    def print_batches(self, statuses: Sequence[str], limit: int) -> Sequence[PrintBatchRecord]:
+        """Batches in one of `statuses` (every status when empty), newest first, at most `limit`."""
+        ...
 
     # health
     def ping(self) -> None: ...

@@ -156,6 +156,15 @@ def test_attachments_round_trip_with_utf8_file_names() -> None:
     assert raw.count(b"MIME-Version") == 1
 
 
+def test_a_support_text_that_starts_with_fragor_is_not_given_a_second_one() -> None:
+    letter = make_letter(support_info=SupportInfo(text="Frågor? Ring kommunens kontaktcenter."))
+    body = parse(build_plain_email(letter, SENDER, make_parties(), now=NOW)).get_body(("plain",))
+    assert isinstance(body, EmailMessage)
+    text = text_of(body)
+    assert "\n--\nFrågor? Ring kommunens kontaktcenter.\n" in text
+    assert "Frågor? Frågor?" not in text
+
+
 def test_footer_without_optional_support_details() -> None:
     letter = make_letter(
         support_info=SupportInfo(text="Svara inte på detta meddelande."), case_reference=None

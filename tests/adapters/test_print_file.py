@@ -158,11 +158,32 @@ def test_address_page_holds_sender_recipient_subject_and_reference(
         "Datum: 2024-05-02",
         "Du får bygglov för en altan på Ängsvägen 3.",
         f"Referens: {SHIPMENT_ID}",
-        "Sida 1 (1)",
+        "Sida 1 (4)",  # one letter page and three pages of attachments in the envelope
     ):
         assert expected in text
     assert text.count("Sandlådans kommun") == 1  # the name is not repeated from the return address
     assert PERSONNUMMER not in text
+
+
+def test_the_support_information_is_printed_in_full_under_the_letter(
+    renderer: PdfLetterRenderer, tmp_path: Path
+) -> None:
+    support = SupportInfo(
+        text="Frågor? Ring kontaktcenter vardagar 8–17.",
+        url="https://sandby.example.se/kontakt",
+        phone="0771-12 34 56",
+        email="kontakt@sandby.example.se",
+    )
+    pdf = renderer.render(make_letter(support_info=support, attachments=()), SENDER, SHIPMENT_ID)
+    lines = [line.strip() for line in pdftotext(pdf, tmp_path).splitlines() if line.strip()]
+    start = lines.index("Frågor? Ring kontaktcenter vardagar 8–17.")  # "Frågor?" once, not twice
+    assert lines[start + 1 : start + 4] == [
+        "Webb: https://sandby.example.se/kontakt",
+        "Telefon: 0771-12 34 56",
+        "E-post: kontakt@sandby.example.se",
+    ]
+    assert lines.index("Nämnden") < start
+    assert "Sida 1 (1)" in lines
 
 
 def test_pages_are_the_letter_then_the_attachments_in_order(renderer: PdfLetterRenderer) -> None:
@@ -186,7 +207,8 @@ def test_a_long_body_runs_over_more_pages(renderer: PdfLetterRenderer, tmp_path:
     letter_pages = len(reader.pages) - 3
     assert letter_pages >= 3
     text = pdftotext(pdf, tmp_path)
-    assert f"Sida {letter_pages} ({letter_pages})" in text
+    assert f"Sida 1 ({letter_pages + 3})" in text
+    assert f"Sida {letter_pages} ({letter_pages + 3})" in text
     assert "Stycke 40:" in text
     # Nothing is lost: every word of the body comes out, in order.
     extracted = " ".join(pdftotext(pdf, tmp_path, "-l", str(letter_pages)).split())
@@ -613,3 +635,19 @@ def test_a_rendered_letter_goes_through_the_spool(
     )
     manifest = json.loads((Path(spool.publish(batch)) / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["page_count"] == 4
+
+
+@pytest.mark.parametrize(("attachments", "said"), [((), "1 sida"), (None, "4 sidor")])
+def test_the_print_channel_says_sida_for_one_page_and_sidor_for_more(
+    renderer: PdfLetterRenderer, tmp_path: Path, attachments: tuple[Attachment, ...] | None, said: str
+) -> None:
+    from kanalvaxel.adapters.print_channel import PrintChannel
+    from kanalvaxel.domain.model import Channel
+    from kanalvaxel.domain.rules import Decision
+    from kanalvaxel.ports import DeliveryJob, OutcomeKind
+
+    letter = make_letter() if attachments is None else make_letter(attachments=attachments)
+    job = DeliveryJob(SHIPMENT_ID, 1, Channel.PRINT, letter, SENDER, Decision("test", ()))
+    outcome = PrintChannel(renderer, DirectoryPrintSpool(tmp_path / "spool")).send(job)
+    assert outcome.kind is OutcomeKind.HANDED_OVER
+    assert outcome.detail == f"Utskriftsfil skapad ({said})."

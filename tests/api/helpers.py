@@ -98,3 +98,57 @@ def assert_problem(
     if detail is not None:
         assert detail.lower() in problem["detail"].lower(), problem
     return problem
+
+
+def raw_pdf(bodies: list[bytes], root: int = 1) -> bytes:
+    """A PDF from its objects' bodies (object n is bodies[n-1]), with a correct cross-reference table."""
+    out = io.BytesIO()
+    out.write(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(bodies, start=1):
+        offsets.append(out.tell())
+        out.write(b"%d 0 obj\n" % number + body + b"\nendobj\n")
+    xref = out.tell()
+    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(bodies) + 1))
+    for offset in offsets:
+        out.write(b"%010d 00000 n \n" % offset)
+    out.write(
+        b"trailer\n<< /Size %d /Root %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(bodies) + 1, root, xref)
+    )
+    return out.getvalue()
+
+
+def deep_page_tree_pdf(depth: int) -> bytes:
+    """One page under `depth` nested /Pages nodes (pypdf refuses more than 100)."""
+    bodies = [b"<< /Type /Catalog /Pages 2 0 R >>"]
+    for i in range(depth):
+        number = 2 + i
+        parent = b"/Parent %d 0 R " % (number - 1) if i else b""
+        bodies.append(b"<< /Type /Pages " + parent + b"/Kids [%d 0 R] /Count 1 >>" % (number + 1))
+    bodies.append(b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 595 842] >>" % (1 + depth))
+    return raw_pdf(bodies)
+
+
+def expanding_pdf(streams: int, expanded_bytes: int) -> bytes:
+    """A one-page PDF with `streams` Flate streams of zeros, each `expanded_bytes` long when inflated
+    (a thousand times what they take in the file)."""
+    import zlib
+
+    compressed = zlib.compress(b"\0" * expanded_bytes, 9)
+    first_stream = 4
+    refs = b" ".join(b"/X%d %d 0 R" % (i, first_stream + i) for i in range(streams))
+    bodies = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Resources << /XObject << "
+        + refs
+        + b" >> >> >>",
+    ]
+    for _ in range(streams):
+        bodies.append(
+            b"<< /Type /XObject /Subtype /Form /BBox [0 0 1 1] /Filter /FlateDecode /Length %d >>\nstream\n"
+            % len(compressed)
+            + compressed
+            + b"\nendstream"
+        )
+    return raw_pdf(bodies)

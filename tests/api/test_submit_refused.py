@@ -250,3 +250,39 @@ def test_tabs_and_line_breaks_are_fine(http: TestClient, api_key: str) -> None:
 def test_an_unknown_address_or_method_is_a_problem_too(http: TestClient, api_key: str) -> None:
     assert_problem(http.get("/v1/nothing-here", headers=headers(api_key)), 404)
     assert_problem(http.delete("/v1/shipments", headers=headers(api_key)), 405)
+
+
+def test_a_pdf_with_a_page_tree_too_deep_to_read_is_422_and_the_connection_lives_on(
+    http: TestClient, container: Container, api_key: str
+) -> None:
+    from .helpers import deep_page_tree_pdf
+
+    body = payload(attachments=[{"filename": "djup.pdf", "content_base64": b64(deep_page_tree_pdf(150))}])
+    r = post(http, api_key, body)
+    problem = assert_problem(r, 422, field="attachments[0]")
+    assert "too large or too deep to read safely" in problem["detail"]
+    assert r.headers.get("connection") != "close"
+    assert row_counts(container) == NOTHING_WRITTEN
+    assert post(http, api_key, payload(), idempotency_key="after").status_code == 202
+
+
+def test_a_pdf_that_expands_beyond_the_limit_is_422(make_container: MakeContainer) -> None:
+    from .helpers import expanding_pdf
+
+    c = make_container(limits={"max_decompressed_bytes": 8 * 1024 * 1024})
+    key = c.clients.add("case-system-a", [SANDBOX_SENDER_KEY]).api_key
+    with TestClient(create_app(c)) as http:
+        bomb = expanding_pdf(streams=3, expanded_bytes=4 * 1024 * 1024)  # 12 MB from about 12 KB
+        assert len(bomb) < 64 * 1024
+        r = post(http, key, payload(attachments=[{"filename": "bomb.pdf", "content_base64": b64(bomb)}]))
+        problem = assert_problem(r, 422, field="attachments[0]")
+        assert f"expands to more than {8 * 1024 * 1024} bytes" in problem["detail"]
+        assert row_counts(c) == NOTHING_WRITTEN
+        small = expanding_pdf(streams=1, expanded_bytes=1024 * 1024)
+        ok = post(
+            http,
+            key,
+            payload(attachments=[{"filename": "ok.pdf", "content_base64": b64(small)}]),
+            idempotency_key="ok",
+        )
+        assert ok.status_code == 202, ok.text

@@ -88,23 +88,33 @@ def test_mailbox_codes_each_exactly_when_its_condition_holds(
     )
     expected = []
     if not has_mailbox:
+        # No mailbox: the only true reason (FaR also says "not accepted" then, but that is no news).
         expected.append("NO_MAILBOX")
-    if pending:
-        expected.append("MAILBOX_PENDING")
-    if not sender_accepted:
-        expected.append("SENDER_NOT_ACCEPTED")
-    if has_mailbox and not service_address:
-        expected.append("NO_OPERATOR")
+    else:
+        if pending:
+            expected.append("MAILBOX_PENDING")
+        if not sender_accepted:
+            expected.append("SENDER_NOT_ACCEPTED")
+        if not service_address:
+            expected.append("NO_OPERATOR")
     assert codes_for(MM, facts) == tuple(expected)
 
 
-def test_several_mailbox_codes_read_as_one_swedish_reason() -> None:
-    facts = all_good_facts(mailbox=mailbox(has_mailbox=False, pending=True, sender_accepted=False))
+def test_an_unknown_recipient_has_no_mailbox_and_nothing_else() -> None:
+    # What FaR answers for someone it does not know: no mailbox, no operator, sender not accepted.
+    facts = all_good_facts(
+        mailbox=mailbox(has_mailbox=False, pending=False, sender_accepted=False, service_address=None)
+    )
     opt = option(decide(make_letter(), facts, single_rule(MM), NOW), MM)
-    assert opt.codes == ("NO_MAILBOX", "MAILBOX_PENDING", "SENDER_NOT_ACCEPTED")
+    assert (opt.codes, opt.reason) == (("NO_MAILBOX",), "mottagaren har ingen digital brevlåda")
+
+
+def test_several_mailbox_codes_read_as_one_swedish_reason() -> None:
+    facts = all_good_facts(mailbox=mailbox(has_mailbox=True, pending=True, sender_accepted=False))
+    opt = option(decide(make_letter(), facts, single_rule(MM), NOW), MM)
+    assert opt.codes == ("MAILBOX_PENDING", "SENDER_NOT_ACCEPTED")
     assert opt.reason == (
-        "mottagaren har ingen digital brevlåda; mottagarens brevlåda är ännu inte aktiverad; "
-        "mottagaren tar inte emot post från denna avsändare"
+        "mottagarens brevlåda är ännu inte aktiverad; mottagaren tar inte emot post från denna avsändare"
     )
 
 
@@ -488,7 +498,12 @@ def test_default_policy_by_confidentiality(
     decision = decide(letter, all_good_facts(), default_policy, NOW)
     assert decision.rule == rule_name
     assert decision.channels == channels
-    assert decision.notices == ()
+    # An SMS notice beside paper for what is not confidential; never one for confidential content.
+    notices = [(n.notice, n.with_channels) for n in decision.notices]
+    if confidentiality is Confidentiality.CONFIDENTIAL:
+        assert notices == []
+    else:
+        assert notices == [(Notice.SMS, frozenset({PRINT}))]
 
 
 @pytest.mark.parametrize("confidentiality", list(Confidentiality))
@@ -613,3 +628,37 @@ def test_notices_with_names_the_notices_due_for_the_channel_that_delivered() -> 
     decision = decide(make_letter(), all_good_facts(), single_rule(MM, PRINT, notices=(sms(PRINT),)), NOW)
     assert decision.notices_with(PRINT) == (Notice.SMS,)
     assert decision.notices_with(MM) == ()
+
+
+@pytest.mark.parametrize(("extra", "eligible"), [(0, True), (1, False)])
+def test_a_letter_over_the_digital_size_limit_is_not_eligible_for_mina_meddelanden(
+    extra: int, eligible: bool
+) -> None:
+    from dataclasses import replace
+
+    from kanalvaxel.domain.model import Attachment
+    from kanalvaxel.domain.rules import ChannelLimits, message_bytes
+
+    letter = make_letter()
+    limit = message_bytes(letter) + 1000
+    big = replace(letter, attachments=(Attachment("bilaga.pdf", b"%PDF-" + b"x" * (995 + extra)),))
+    assert message_bytes(big) == limit + extra  # subject, body and attachment bytes, together
+    facts = all_good_facts(limits=ChannelLimits(max_digital_bytes=limit))
+    decision = decide(big, facts, single_rule(MM, PRINT), NOW)
+    mm = option(decision, MM)
+    assert mm.eligible is eligible
+    if not eligible:
+        assert mm.codes == ("MESSAGE_TOO_LARGE",)  # its own reason: FaR's answer does not matter
+        assert "större än vad digital post tar emot" in mm.reason
+        assert decision.channels == (PRINT,)
+
+
+@pytest.mark.parametrize(("pages", "eligible"), [(6, True), (7, False), (None, True)])
+def test_a_letter_with_more_pages_than_the_envelope_takes_is_not_printed(
+    pages: int | None, eligible: bool
+) -> None:
+    from kanalvaxel.domain.rules import ChannelLimits
+
+    facts = all_good_facts(limits=ChannelLimits(max_print_pages=6), print_pages=pages)
+    opt = option(decide(make_letter(), facts, single_rule(PRINT), NOW), PRINT)
+    assert (opt.eligible, opt.codes) == (eligible, () if eligible else ("TOO_MANY_PAGES",))

@@ -24,6 +24,7 @@ from tests.e2e.conftest import (
     wait_for,
     wait_ready,
 )
+from tests.integration.conftest import make_pdf
 
 pytestmark = pytest.mark.slow
 
@@ -104,19 +105,37 @@ def test_serve_sends_encrypted_and_plain_email_and_sms_notices_through_the_sandb
         assert (shipment("public")["state"], shipment("public")["channel"]) == ("DELIVERED", "email")
         assert (shipment("paper")["state"], shipment("paper")["channel"]) == ("DELIVERED", "print")
 
+        # `kanalvaxel send` carries what a letter can: e-mail, mobile, S/MIME certificate, confidentiality.
+        attachment = tmp_path / "bilaga.pdf"
+        attachment.write_bytes(make_pdf("Handskickad"))
+        sent = subprocess.run(
+            [*KANALVAXEL, "send", "--to", "19121212-1212", "--subject", "Beslut om färdtjänst",
+             "--confidentiality", "confidential", "--email", "mottagare@example.se",
+             "--mobile", "070-111 22 33",
+             "--smime-certificate", str(dev_certs / "smime-recipient.pem"), "--attach", str(attachment),
+             "--wait"],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=90, check=False,
+        )  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+        assert "state: DELIVERED  channel: email_encrypted" in sent.stdout
+        assert "  + email_encrypted: " in sent.stdout
+        assert "  - print: ingen postadress angiven" in sent.stdout  # every option, with its reason
+
         listed = subprocess.run(
             [*KANALVAXEL, "sandbox-inbox", "--json"], env=env, cwd=tmp_path, capture_output=True, check=True
         )
         rows = [json.loads(line) for line in listed.stdout.decode().splitlines()]
         mails = {r["to"]: r for r in rows if r["kind"] == "e-post"}
         assert mails["mottagare@example.se"]["encrypted"] is True
+        to_certificate = [r for r in rows if r["kind"] == "e-post" and r["to"] == "mottagare@example.se"]
+        assert [r["encrypted"] for r in to_certificate] == [True, True]  # the API's letter and `send`'s
         assert "LSS" not in mails["mottagare@example.se"]["subject"]
         assert mails["asa@example.se"]["subject"] == "Beslut om bygglov"
         [sms] = [r for r in rows if r["kind"] == "sms"]
         assert sms["to"] == "+46701234567"
         assert "posten" in sms["text"]
 
-        raw = Path(mails["mottagare@example.se"]["file"]).read_bytes()
+        raw = Path(to_certificate[0]["file"]).read_bytes()  # the API's letter (files sort by time)
         decrypted = subprocess.run(
             ["openssl", "cms", "-decrypt", "-recip", str(dev_certs / "smime-recipient.pem"),
              "-inkey", str(dev_certs / "smime-recipient.key")],

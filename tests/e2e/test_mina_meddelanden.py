@@ -6,12 +6,22 @@ from __future__ import annotations
 import json
 import signal
 import ssl
+import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import free_port, letter_json, process_env, start, stop_serve, wait_for, wait_ready
+from tests.e2e.conftest import (
+    KANALVAXEL,
+    free_port,
+    letter_json,
+    process_env,
+    start,
+    stop_serve,
+    wait_for,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -70,6 +80,30 @@ def test_serve_delivers_digital_mail_to_the_operator_far_names(
         assert stored["operator"]["name"] == "Kivra (simulator)"
         assert [m["message_id"] for m in stored["accepted"]] == [digital["id"]]
         assert stored["rejected"] == []
+
+        # ... and what a newcomer sees without a client certificate: `sandbox-inbox` lists digital mail too.
+        listed = subprocess.run(
+            [*KANALVAXEL, "sandbox-inbox", "--json"], env=env, cwd=tmp_path, capture_output=True, text=True,
+            timeout=60, check=True,
+        )  # fmt: skip
+        [row] = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert row["kind"] == "digital"
+        assert (row["operator"], row["to"], row["message_id"]) == (
+            "Kivra (simulator)",
+            "19700101-****",
+            digital["id"],
+        )
+        assert row["subject"] == letter_json()["subject"]
+        assert row["received_at"]
+        human = subprocess.run(
+            [*KANALVAXEL, "sandbox-inbox"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+            check=True,
+        ).stdout  # fmt: skip
+        assert "DIGITAL" in human
+        assert "Kivra (simulator)" in human
+        assert "19700101-****" in human
+        assert "19700101-1233" not in human
+        assert "197001011233" not in human
     finally:
         stop_serve(proc)
         http.close()

@@ -34,8 +34,7 @@ def test_a_letter_posted_over_http_ends_in_a_closed_vendor_batch(
         db_url,
         tmp_path,
         dev_certs,
-        KANALVAXEL_API__PORT=str(port),
-        KANALVAXEL_PRINT__BATCH_MAX_AGE_SECONDS="1",
+        KANALVAXEL_API__PORT=str(port),  # the sandbox's own batch age: the README's example, as printed
     )
     proc = start(["serve"], env, tmp_path, log)
     base = f"http://127.0.0.1:{port}"
@@ -83,11 +82,7 @@ def test_a_letter_posted_over_http_ends_in_a_closed_vendor_batch(
         sent = subprocess.run(
             [
                 *KANALVAXEL,
-                "send",
-                "--url",
-                base,
-                "--api-key",
-                key,
+                "send",  # finds the running sandbox and its key by itself (var/sandbox.json, var/dev-api-key)
                 "--to",
                 "19121212-1212",
                 "--subject",
@@ -112,7 +107,12 @@ def test_a_letter_posted_over_http_ends_in_a_closed_vendor_batch(
             check=False,
         )
         assert sent.returncode == 0, sent.stderr
-        assert "state: DELIVERED" in sent.stdout
+        assert f"at {base}" in sent.stdout.splitlines()[0]
+        assert "state: DELIVERED  channel: print" in sent.stdout
+        assert "  + print: " in sent.stdout
+        assert "  - mina_meddelanden: " in sent.stdout
+        assert "[CHANNEL_NOT_CONFIGURED]" in sent.stdout
+        assert "last event: DELIVERED" in sent.stdout
         refused = subprocess.run(
             [
                 *KANALVAXEL,

@@ -291,20 +291,32 @@ def test_print_batches_close_by_size_and_every_letter_is_in_exactly_one(
     c.close()
 
 
-def test_print_batches_close_by_age_and_an_abandoned_closing_is_finished(
-    container: Container, client: ClientRecord, clock: ManualClock, tmp_path: Path
+class _ClosingDied(BaseException):
+    """A closer killed in the middle of publishing (BaseException: nothing in the closer catches it)."""
+
+
+def test_print_batches_close_by_age_and_an_abandoned_closing_is_finished_after_the_worker_lease(
+    container: Container, client: ClientRecord, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sid = submit(container, client, make_letter())
     run_due(container, dispatcher(container, {}))
     assert container.printing is not None
     assert container.printing.close_due() == []  # young and not full
     clock.advance(seconds=container.settings.print.batch_max_age_seconds + 1)
-    with container.uow() as uow:
-        (batch,) = uow.due_print_batches(clock.now(), timedelta(hours=1), 500, 10**9)
-        assert uow.start_closing(batch.id, clock.now(), timedelta(minutes=10))  # a closer that then dies
-        uow.commit()
-    assert container.printing.close_due() == []  # its lease still holds
-    clock.advance(minutes=11)
+    spool = container.printing._spool
+    real_publish = spool.publish
+
+    def die(*_: object) -> str:
+        raise _ClosingDied
+
+    monkeypatch.setattr(spool, "publish", die)
+    with pytest.raises(_ClosingDied):
+        container.printing.close_due()  # the batch is left CLOSING under the closer's lease
+    monkeypatch.setattr(spool, "publish", real_publish)
+    lease = container.settings.worker.lease_seconds
+    clock.advance(seconds=lease - 1)
+    assert container.printing.close_due() == []  # the lease still holds
+    clock.advance(seconds=2)  # the worker's lease, not a longer one of the closer's own
     (path,) = container.printing.close_due()
     assert Path(path).is_dir()
     assert view(container, sid)[0] == "DELIVERED"
@@ -396,3 +408,109 @@ def test_a_relay_that_reports_failure_sends_the_letter_on_to_the_next_channel(
     with container.uow() as uow:
         failed = [e for e in uow.events(sid) if e.type == "CHANNEL_FAILED"]
     assert "uppföljning: FAILED" in failed[0].message
+
+
+def test_print_batches_are_listed_and_closed_on_an_operators_word(tmp_path: Path, dev_certs: Path) -> None:
+    import subprocess
+
+    from kanalvaxel.bootstrap import build
+    from tests.conftest import run_cli
+    from tests.integration.conftest import settings_for
+
+    # A production-like age: nothing would close by itself during the test.
+    settings = settings_for(
+        f"sqlite:///{tmp_path / 'cli.db'}", tmp_path, dev_certs, print={"batch_max_age_seconds": 3600}
+    )
+    c = build(settings)
+    c.migrate()
+    client = c.clients.add("x", ["sandbox"]).client
+    ids = [submit(c, client, make_letter(), key=f"k{i}") for i in range(2)]
+    w = Worker(c)
+    while w.run_once():
+        pass
+    assert {view(c, sid)[0] for sid in ids} == {"HANDED_OVER"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(tmp_path, dev_certs, *args)
+
+    listed = cli("print-batches", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    [row] = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert (row["status"], row["letters"], row["sender"], row["path"]) == ("OPEN", 2, "sandbox", None)
+    assert "letters=2" in cli("print-batches", "list").stdout
+
+    neither = cli("print-batches", "close")
+    assert neither.returncode != 0
+    assert neither.stderr.splitlines() == ["kanalvaxel: error: close: name one batch ID or say --all"]
+    unknown = cli("print-batches", "close", "no-such-batch")
+    assert unknown.returncode != 0
+    assert unknown.stderr.splitlines() == ["kanalvaxel: error: no print batch no-such-batch"]
+
+    closed = cli("print-batches", "close", row["id"])
+    assert closed.returncode == 0, closed.stderr
+    outgoing = tmp_path / "spool" / "outgoing" / row["id"]
+    assert closed.stdout.strip() == f"closed {row['id']}: {outgoing}"
+    manifest = json.loads((outgoing / "manifest.json").read_text())
+    assert sorted(x["shipment_id"] for x in manifest["letters"]) == sorted(ids)
+    assert {view(c, sid)[0] for sid in ids} == {"DELIVERED"}
+
+    again = cli("print-batches", "close", row["id"])
+    assert again.returncode != 0
+    assert again.stderr.splitlines() == [
+        f"kanalvaxel: error: print batch {row['id']} is already closed: {outgoing}"
+    ]
+    assert cli("print-batches", "list").stdout.strip() == "no open print batches"
+    assert row["id"] in cli("print-batches", "list", "--all").stdout
+
+    # --all: one open batch per sender, each closed now.
+    later = submit(c, client, make_letter(), key="k-later")
+    while w.run_once():
+        pass
+    everything = cli("print-batches", "close", "--all")
+    assert everything.returncode == 0, everything.stderr
+    assert len(everything.stdout.splitlines()) == 1
+    assert view(c, later)[0] == "DELIVERED"
+    assert cli("print-batches", "close", "--all").stdout.strip() == "no open print batch holds letters"
+    c.close()
+
+
+def test_the_print_vendors_page_limit_comes_from_the_settings_and_holds_after_rendering(
+    db_url: str, tmp_path: Path, dev_certs: Path, clock: ManualClock
+) -> None:
+    from dataclasses import replace
+
+    from kanalvaxel.bootstrap import build
+    from kanalvaxel.domain.model import Attachment
+    from tests.integration.conftest import make_pdf, settings_for
+
+    c = build(settings_for(db_url, tmp_path, dev_certs, print={"max_pages_per_letter": 4}), clock=clock)
+    c.migrate()
+    client = c.clients.add("x", ["sandbox"]).client
+    fits = submit(
+        c, client, replace(make_letter(), attachments=(Attachment("a.pdf", make_pdf(pages=3)),)), "a"
+    )
+    too_many = submit(
+        c, client, replace(make_letter(), attachments=(Attachment("b.pdf", make_pdf(pages=4)),)), "b"
+    )
+    long_body = submit(
+        c, client, replace(make_letter(), body="Ett stycke text som fyller sidan.\n\n" * 300), "c"
+    )
+    w = Worker(c)
+    while w.run_once():
+        pass
+    assert view(c, fits)[:2] == ("HANDED_OVER", "print")
+    with c.uow() as uow:
+        shp = uow.shipment(too_many)
+        assert shp is not None
+        assert shp.decision is not None
+        (opt,) = [o for o in shp.decision["options"] if o["channel"] == "print"]
+        assert opt["codes"] == ["TOO_MANY_PAGES"]
+        assert shp.state == "FAILED"
+    # The decision could count only the address page; the rendered letter runs to more pages than fit.
+    state, _, _, attempts = view(c, long_body)
+    assert (state, attempts) == ("FAILED", [("print", "FAILED")])
+    with c.uow() as uow:
+        failed = [e.message for e in uow.events(long_body) if e.type == "CHANNEL_FAILED"]
+    assert failed
+    assert "högst 4 får plats i kuvertet" in failed[0]
+    c.close()

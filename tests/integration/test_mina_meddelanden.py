@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -125,9 +126,47 @@ def test_without_a_usable_mailbox_the_letter_goes_to_print_with_the_reason(
     assert shp.channel == "print"
     assert shp.decision is not None
     skipped = {o["channel"]: o for o in shp.decision["options"]}
-    assert reason_code in skipped["mina_meddelanden"]["codes"]
+    assert skipped["mina_meddelanden"]["codes"] == [reason_code]  # the true reason, and only that
     assert not skipped["mina_meddelanden"]["eligible"]
     assert all(not op.accepted for op in world.operators.values())
+
+
+def test_a_sender_without_a_signing_certificate_is_never_offered_digital_mail(
+    db_url: str, tmp_path: Path, dev_certs: Path
+) -> None:
+    settings = mm_settings(db_url, tmp_path, dev_certs)
+    signed = settings.senders[0]
+    unsigned = signed.model_copy(
+        update={"key": "osignerad", "signing_certificate": None, "signing_key": None, "pkcs12": None}
+    )
+    c = build(settings.model_copy(update={"senders": (signed, unsigned)}))
+    c.migrate()
+    try:
+        client = c.clients.add("ärendesystem", ["sandbox", "osignerad"]).client
+        # The precheck (what a case system asks before sending) already says so ...
+        pre = c.queries.precheck(client, replace(make_letter(recipient=KIVRA_RECIPIENT), sender="osignerad"))
+        mm = {o["channel"]: o for o in pre["options"]}["mina_meddelanden"]  # type: ignore[attr-defined]
+        assert (mm["eligible"], mm["codes"]) == (False, ["CHANNEL_NOT_CONFIGURED"])
+        assert pre["channels"] == ["print"]
+        # ... while the signing sender, for the same recipient, is offered it.
+        ok = c.queries.precheck(client, make_letter(recipient=KIVRA_RECIPIENT))
+        assert ok["channels"] == ["mina_meddelanden", "print"]
+        # ... and so does the decision of a letter, before anything is tried.
+        letter = replace(make_letter(recipient=KIVRA_RECIPIENT), sender="osignerad")
+        sid = c.intake.submit(client, "u", "u", letter).shipment.id
+        w = Worker(c)
+        while w.run_once():
+            pass
+        shp = wait_state(c, sid, {"HANDED_OVER", "DELIVERED", "FAILED"})
+        assert shp.channel == "print"
+        options = {o["channel"]: o for o in shp.decision["options"]}
+        assert options["mina_meddelanden"]["codes"] == ["CHANNEL_NOT_CONFIGURED"]
+        assert [t for t, _ in events(c, sid)].count("CHANNEL_FAILED") == 0  # nothing failed at send time
+        assert c.digital_mail is not None
+        assert c.digital_mail.world is not None
+        assert all(not op.accepted for op in c.digital_mail.world.operators.values())
+    finally:
+        c.close()
 
 
 def test_an_operator_answering_5xx_gets_the_letter_once_it_recovers_exactly_once(

@@ -17,6 +17,7 @@ from kanalvaxel.adapters.far import FarRegister
 from kanalvaxel.adapters.mina_meddelanden import MinaMeddelandenChannel
 from kanalvaxel.config import SenderIdentity, Settings
 from kanalvaxel.domain.errors import ConfigurationError
+from kanalvaxel.domain.model import Channel, Notice
 
 if TYPE_CHECKING:
     from formedlare.relay import Relay
@@ -34,6 +35,8 @@ class DigitalMail:
     #: The embedded relay, whose delivery worker runs inside our worker process.
     embedded: Relay | None = None
     world: SandboxWorld | None = None
+    #: Sender identities with no signing certificate: digital mail is not configured for them.
+    sender_unavailable: dict[str, dict[Channel | Notice, str]] = field(default_factory=dict)
     _workers: list[RelayWorker] = field(default_factory=list)
 
     def start_relay_worker(self, threads: int, idle_seconds: float = 0.5) -> None:
@@ -85,10 +88,14 @@ def _need(value: Path | None, name: str) -> Path:
 def build_digital_mail(settings: Settings) -> DigitalMail:
     mm = settings.mina_meddelanden
     signers: dict[str, SigningIdentity] = {}
+    unsigned: dict[str, dict[Channel | Notice, str]] = {}
     for sender in settings.senders:
         signer = load_signer(sender)
         if signer is None:
             log.warning("sender %s has no signing certificate: no digital mail for it", sender.key)
+            unsigned[sender.key] = {
+                Channel.MINA_MEDDELANDEN: "avsändaren saknar certifikat för underskrift av digital post"
+            }
             continue
         if signer.organisation_number not in (None, sender.organisation_number):
             raise ConfigurationError(
@@ -111,6 +118,7 @@ def build_digital_mail(settings: Settings) -> DigitalMail:
             registry=sb.far_registry,
             far_port=sb.far_port,
             operator_ports={"kivra": sb.kivra_port, "mmp": sb.mmp_port},
+            store_dir=settings.var_dir / "sandbox" / "digital",
         )
         far_url = world.far_url
     try:
@@ -150,7 +158,7 @@ def build_digital_mail(settings: Settings) -> DigitalMail:
         poll=timedelta(seconds=mm.status_poll_seconds),
         poll_max=timedelta(seconds=mm.status_poll_max_seconds),
     )
-    return DigitalMail(FarRegister(far), relay, channel, embedded, world)
+    return DigitalMail(FarRegister(far), relay, channel, embedded, world, unsigned)
 
 
 def _embedded_relay(settings: Settings, far_url: str) -> Relay:

@@ -181,13 +181,7 @@ def _set_text(msg: EmailMessage, text: str, footer: list[str]) -> None:
 
 
 def _footer_lines(support: SupportInfo, case_reference: str | None) -> list[str]:
-    lines = ["--", f"Frågor? {support.text}".rstrip()]
-    if support.url:
-        lines.append(f"Webb: {support.url}")
-    if support.phone:
-        lines.append(f"Telefon: {support.phone}")
-    if support.email:
-        lines.append(f"E-post: {support.email}")
+    lines = ["--", *support.lines()]
     if case_reference:
         lines.append(f"Ärende: {case_reference}")
     return lines

@@ -6,6 +6,10 @@ the outcome, so a crash between staging and recording only means the same file i
 
 from __future__ import annotations
 
+import io
+
+from pypdf import PdfReader
+
 from kanalvaxel.adapters.print_file import PrintSpoolError
 from kanalvaxel.domain.errors import ValidationError
 from kanalvaxel.domain.model import Channel
@@ -15,15 +19,24 @@ from kanalvaxel.ports import DeliveryJob, DeliveryOutcome, LetterRenderer, Outco
 class PrintChannel:
     channel = Channel.PRINT
 
-    def __init__(self, renderer: LetterRenderer, spool: PrintSpool) -> None:
+    def __init__(self, renderer: LetterRenderer, spool: PrintSpool, *, max_pages: int | None = None) -> None:
         self._renderer = renderer
         self._spool = spool
+        self._max_pages = max_pages
 
     def send(self, job: DeliveryJob) -> DeliveryOutcome:
         try:
             pdf = self._renderer.render(job.letter, job.sender, job.shipment_id)
         except ValidationError as exc:
             return DeliveryOutcome(OutcomeKind.FAILED, f"Brevet kan inte skrivas ut: {exc.message}")
+        if self._max_pages is not None:
+            # The decision counted the address page and the attachments; a long body can add pages.
+            pages = len(PdfReader(io.BytesIO(pdf)).pages)  # our own rendering: readable
+            if pages > self._max_pages:
+                return DeliveryOutcome(
+                    OutcomeKind.FAILED,
+                    f"Brevet har {pages} sidor; högst {self._max_pages} får plats i kuvertet.",
+                )
         try:
             staged = self._spool.stage(job.shipment_id, pdf)
         except PrintSpoolError as exc:
@@ -34,7 +47,7 @@ class PrintChannel:
             )
         return DeliveryOutcome(
             OutcomeKind.HANDED_OVER,
-            f"Utskriftsfil skapad ({staged.pages} sidor).",
+            f"Utskriftsfil skapad ({staged.pages} {'sida' if staged.pages == 1 else 'sidor'}).",
             external_ref=staged.name,
             data={
                 "staged_name": staged.name,

@@ -156,17 +156,25 @@ class PdfLetterRenderer:
     def render(self, letter: Letter, sender: SenderInfo, shipment_id: str) -> bytes:
         address = _address_block(letter)
         _register_fonts()
-        cover = self._draw_letter(letter, sender, shipment_id, address)
+        attached = [
+            _read_attachment(i, a.filename, a.content_type, a.content)
+            for i, a in enumerate(letter.attachments)
+        ]
+        # "Sida 1 (4)": the number of sheets' sides in the envelope, the attachments' pages included.
+        extra_pages = sum(len(reader.pages) for reader, _, _ in attached)
+        cover = self._draw_letter(letter, sender, shipment_id, address, extra_pages)
         writer = PdfWriter()
         writer.append(PdfReader(io.BytesIO(cover)))
-        for i, attachment in enumerate(letter.attachments):
-            _append_attachment(writer, i, attachment.filename, attachment.content_type, attachment.content)
+        for reader, field, filename in attached:
+            _append(writer, reader, field, filename)
         # pypdf derives the file identifier from the content when none is set, so output stays reproducible.
         out = io.BytesIO()
         writer.write(out)
         return out.getvalue()
 
-    def _draw_letter(self, letter: Letter, sender: SenderInfo, shipment_id: str, address: list[str]) -> bytes:
+    def _draw_letter(
+        self, letter: Letter, sender: SenderInfo, shipment_id: str, address: list[str], extra_pages: int
+    ) -> bytes:
         content_width = PAGE_WIDTH - (MARGIN_LEFT_MM + MARGIN_RIGHT_MM) * mm
         flow = [
             _Line(t, FONT_BOLD, SUBJECT_FONT_SIZE, SUBJECT_LEADING)
@@ -178,6 +186,13 @@ class PdfLetterRenderer:
             _Line(t, FONT, BODY_FONT_SIZE, BODY_LEADING)
             for t in _wrap(_clean_text(body), FONT, BODY_FONT_SIZE, content_width)
         )
+        # The support information the case system must give goes on paper too, as in e-mail.
+        flow.append(_Line("", FONT, BODY_FONT_SIZE, BODY_LEADING))
+        for support_line in letter.support_info.lines():
+            flow.extend(
+                _Line(t, FONT, BODY_FONT_SIZE, BODY_LEADING)
+                for t in _wrap(_clean_text(support_line), FONT, BODY_FONT_SIZE, content_width)
+            )
         pages = _paginate(flow)
 
         buf = io.BytesIO()
@@ -197,7 +212,7 @@ class PdfLetterRenderer:
                 if line.text:
                     c.setFont(line.font, line.size)
                     c.drawString(MARGIN_LEFT_MM * mm, y, line.text)
-            _draw_footer(c, shipment_id, number, len(pages))
+            _draw_footer(c, shipment_id, number, len(pages) + extra_pages)
             c.showPage()
         c.save()
         return buf.getvalue()
@@ -441,7 +456,7 @@ def _html_to_text(markup: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
-def _append_attachment(writer: PdfWriter, index: int, filename: str, content_type: str, data: bytes) -> None:
+def _read_attachment(index: int, filename: str, content_type: str, data: bytes) -> tuple[PdfReader, str, str]:
     field = f"attachments[{index}]"
     if content_type.split(";")[0].strip().lower() != "application/pdf":
         raise ValidationError(field, f"{filename}: bara PDF kan skrivas ut (fick {content_type})")
@@ -451,12 +466,19 @@ def _append_attachment(writer: PdfWriter, index: int, filename: str, content_typ
             raise ValidationError(field, f"{filename}: PDF-filen är lösenordsskyddad och kan inte skrivas ut")
         if len(reader.pages) == 0:
             raise ValidationError(field, f"{filename}: PDF-filen har inga sidor")
-        writer.append(reader)
     except ValidationError:
         raise
     except Exception as exc:
         # pypdf raises many kinds of errors on a damaged file (its own, ValueError, KeyError, ...);
         # whichever it is, the attachment cannot be printed.
+        raise ValidationError(field, f"{filename}: PDF-filen går inte att läsa ({exc})") from exc
+    return reader, field, filename
+
+
+def _append(writer: PdfWriter, reader: PdfReader, field: str, filename: str) -> None:
+    try:
+        writer.append(reader)
+    except Exception as exc:
         raise ValidationError(field, f"{filename}: PDF-filen går inte att läsa ({exc})") from exc
 
 

@@ -60,6 +60,19 @@ class SupportInfo:
     phone: str | None = None
     email: str | None = None
 
+    def lines(self) -> list[str]:
+        """What a recipient reads under a letter, on paper and in e-mail alike: "Frågor?" and the text (once,
+        when the case system's text starts with it already), then web, phone and e-mail."""
+        text = self.text.strip()
+        lines = [text if text.casefold().startswith("frågor") else f"Frågor? {text}".rstrip()]
+        if self.url:
+            lines.append(f"Webb: {self.url}")
+        if self.phone:
+            lines.append(f"Telefon: {self.phone}")
+        if self.email:
+            lines.append(f"E-post: {self.email}")
+        return lines
+
 
 @dataclass(frozen=True, slots=True)
 class PostalAddress:

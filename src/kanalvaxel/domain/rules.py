@@ -76,6 +76,23 @@ class CertificateFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelLimits:
+    #: The most pages a printed letter may have (the print vendor's envelope).
+    max_print_pages: int | None = None
+    #: The largest message digital mail takes, attachments included (see `message_bytes`).
+    max_digital_bytes: int | None = None
+
+
+def message_bytes(letter: Letter) -> int:
+    """How big a letter is as a message: subject, body (UTF-8) and attachments, before any encoding."""
+    return (
+        len(letter.subject.encode("utf-8"))
+        + len(letter.body.encode("utf-8"))
+        + sum(len(a.content) for a in letter.attachments)
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class RecipientFacts:
     """Everything the decision needs that is not in the letter. Gathered before `decide`, never inside."""
 
@@ -85,6 +102,10 @@ class RecipientFacts:
     unavailable: Mapping[Channel | Notice, str] = field(default_factory=dict)
     #: When the letter was accepted: waiting for an unavailable register is counted from here.
     accepted_at: datetime | None = None
+    #: Pages the letter takes on paper at least: the address page and every attachment page.
+    print_pages: int | None = None
+    #: What the channels can carry here (None: no limit).
+    limits: ChannelLimits = field(default_factory=lambda: ChannelLimits())
 
 
 # -------------------------------------------------------------------------------------------- policy
@@ -217,6 +238,8 @@ _REASONS_SV: Mapping[str, str] = {
     "MAILBOX_PENDING": "mottagarens brevlåda är ännu inte aktiverad",
     "SENDER_NOT_ACCEPTED": "mottagaren tar inte emot post från denna avsändare",
     "NO_OPERATOR": "FaR anger ingen brevlådeoperatör",
+    "MESSAGE_TOO_LARGE": "brevet är större än vad digital post tar emot (bilagorna inräknade)",
+    "TOO_MANY_PAGES": "brevet har fler sidor än vad som får plats i kuvertet",
     "CONFIDENTIAL_CONTENT": "innehållet är sekretessbelagt och får inte skickas okrypterat",
     "NO_EMAIL_ADDRESS": "ingen e-postadress angiven",
     "NO_CERTIFICATE": "inget certifikat för kryptering finns",
@@ -303,6 +326,20 @@ def decide(letter: Letter, facts: RecipientFacts, policy: Policy, now: datetime)
             codes.append("CONFIDENTIAL_CONTENT")
         if info.protected_identity and channel in EMAIL_CHANNELS:
             codes.append("PROTECTED_IDENTITY")
+        limits = facts.limits
+        if (
+            channel is Channel.MINA_MEDDELANDEN
+            and limits.max_digital_bytes is not None
+            and message_bytes(letter) > limits.max_digital_bytes
+        ):
+            codes.append("MESSAGE_TOO_LARGE")
+        if (
+            channel is Channel.PRINT
+            and limits.max_print_pages is not None
+            and facts.print_pages is not None
+            and facts.print_pages > limits.max_print_pages
+        ):
+            codes.append("TOO_MANY_PAGES")
         if channel is Channel.MINA_MEDDELANDEN and not codes:
             lookup = facts.mailbox
             if lookup.state is LookupState.NOT_CONFIGURED:
@@ -318,13 +355,15 @@ def decide(letter: Letter, facts: RecipientFacts, policy: Policy, now: datetime)
             else:
                 mb = lookup.mailbox
                 if not mb.has_mailbox:
+                    # With no mailbox there is nothing pending and no sender to accept or refuse.
                     codes.append("NO_MAILBOX")
-                if mb.pending:
-                    codes.append("MAILBOX_PENDING")
-                if not mb.sender_accepted:
-                    codes.append("SENDER_NOT_ACCEPTED")
-                if mb.has_mailbox and not mb.service_address:
-                    codes.append("NO_OPERATOR")
+                else:
+                    if mb.pending:
+                        codes.append("MAILBOX_PENDING")
+                    if not mb.sender_accepted:
+                        codes.append("SENDER_NOT_ACCEPTED")
+                    if not mb.service_address:
+                        codes.append("NO_OPERATOR")
         elif channel is Channel.EMAIL_ENCRYPTED and not codes:
             if not info.email:
                 codes.append("NO_EMAIL_ADDRESS")

@@ -19,6 +19,7 @@ from kanalvaxel.bootstrap import Container, build
 from kanalvaxel.config import Settings, load_settings
 from kanalvaxel.domain.errors import ConfigurationError, KanalvaxelError, ValidationError
 from kanalvaxel.domain.masking import mask_identity_numbers
+from kanalvaxel.services.print_batches import PrintBatchCloser
 
 log = logging.getLogger("kanalvaxel")
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="kanalväxel: the channel switch.")
@@ -29,6 +30,10 @@ in_doubt_app = typer.Typer(
     help="E-mail letters in doubt: sent whole, but the SMTP relay gave no final answer.",
 )
 app.add_typer(in_doubt_app, name="in-doubt")
+print_batches_app = typer.Typer(
+    no_args_is_help=True, help="Print batches: the letters collected for the print vendor."
+)
+app.add_typer(print_batches_app, name="print-batches")
 
 SANDBOX_CLIENT = "sandbox"
 
@@ -160,12 +165,15 @@ def serve(
         worlds.update(dm.world.describe())
     if msg is not None and msg.world is not None:
         worlds.update(msg.world.describe())
+    if settings.is_sandbox:
+        worlds = {"api": {"url": url}, **worlds}
     if worlds:
-        # Where the simulators listen (ephemeral ports): for people, and for tests driving a sandbox.
+        # Where the API and the simulators listen (ephemeral ports): for `kanalvaxel send`, for people,
+        # and for tests driving a sandbox.
         described = json.dumps(worlds, indent=2, ensure_ascii=False)
         settings.var_dir.mkdir(parents=True, exist_ok=True)
         (settings.var_dir / "sandbox.json").write_text(described + "\n", encoding="utf-8")
-        print(f"sandbox simulators (also in {settings.var_dir / 'sandbox.json'}):\n{described}", flush=True)
+        print(f"sandbox (also in {settings.var_dir / 'sandbox.json'}):\n{described}", flush=True)
     if settings.is_sandbox:
         key = _sandbox_key(container)
         print(f"\nkanalväxel sandbox is starting at {url}  (OpenAPI: {url}/docs)\n", flush=True)
@@ -240,6 +248,44 @@ def clients_revoke(name: str) -> None:
     print(f"client {name} revoked")
 
 
+def _sandbox_url(settings: Settings) -> str:
+    """The URL of the running sandbox, from the var/sandbox.json its `serve` writes; else the settings'."""
+    described = settings.var_dir / "sandbox.json"
+    if described.is_file():
+        try:
+            url = json.loads(described.read_text(encoding="utf-8")).get("api", {}).get("url")
+        except (ValueError, AttributeError):
+            url = None
+        if isinstance(url, str) and url:
+            return url
+    return settings.api.public_url or f"http://{settings.api.host}:{settings.api.port}"
+
+
+def _describe_outcome(shipment: dict[str, Any]) -> list[str]:
+    """What happened to a letter, for people: the channel, every option with its reason, the end."""
+    lines = [f"state: {shipment['state']}  channel: {shipment.get('channel') or '-'}"]
+    decision = shipment.get("decision")
+    if decision:
+        lines.append(f"decision: {decision['summary']}")
+        for option in decision["options"]:
+            mark = "+" if option["eligible"] else "-"
+            codes = ",".join(option["codes"])
+            lines.append(
+                f"  {mark} {option['channel']}: {option['reason']}" + (f" [{codes}]" if codes else "")
+            )
+        for notice in decision.get("notices", []):
+            mark = "+" if notice["eligible"] else "-"
+            codes = ",".join(notice["codes"])
+            lines.append(
+                f"  {mark} {notice['notice']}-avisering: {notice['reason']}"
+                + (f" [{codes}]" if codes else "")
+            )
+    last = shipment["events"][-1] if shipment.get("events") else None
+    if last:
+        lines.append(f"last event: {last['type']} {last['at']}: {last['message']}")
+    return lines
+
+
 @app.command()
 def send(
     to: Annotated[str, typer.Option(help="Personnummer, samordningsnummer or organisationsnummer.")],
@@ -250,32 +296,54 @@ def send(
     address: Annotated[list[str] | None, typer.Option(help="A street line; repeat for more.")] = None,
     postal_code: Annotated[str | None, typer.Option()] = None,
     city: Annotated[str | None, typer.Option()] = None,
-    email: Annotated[str | None, typer.Option()] = None,
+    email: Annotated[str | None, typer.Option(help="The recipient's e-mail address.")] = None,
+    mobile: Annotated[str | None, typer.Option(help="The recipient's mobile number (SMS notices).")] = None,
+    smime_certificate: Annotated[
+        Path | None, typer.Option(help="The recipient's S/MIME certificate (PEM), for encrypted e-mail.")
+    ] = None,
+    protected_identity: Annotated[bool, typer.Option(help="Skyddad identitet: never e-mail or SMS.")] = False,
     confidentiality: Annotated[str, typer.Option(help="public, internal or confidential.")] = "public",
     message_type: Annotated[str, typer.Option()] = "meddelande",
     case_reference: Annotated[str | None, typer.Option()] = None,
     support_text: Annotated[str, typer.Option()] = "Kontakta avsändaren om du har frågor.",
+    support_phone: Annotated[str | None, typer.Option()] = None,
+    support_url: Annotated[str | None, typer.Option()] = None,
+    support_email: Annotated[str | None, typer.Option()] = None,
     sender: Annotated[str | None, typer.Option(help="Sender identity key.")] = None,
-    url: Annotated[str, typer.Option(help="The running service.")] = "http://127.0.0.1:8080",
+    url: Annotated[
+        str | None, typer.Option(help="The running service (default: the sandbox in var/sandbox.json).")
+    ] = None,
     api_key: Annotated[
         str | None, typer.Option(envvar="KANALVAXEL_API_KEY", help="Default: var/dev-api-key.")
     ] = None,
     wait: Annotated[bool, typer.Option(help="Wait until the letter reaches a final state.")] = False,
+    timeout: Annotated[
+        float, typer.Option(min=1, help="With --wait: give up after this many seconds.")
+    ] = 120,
 ) -> None:
     """Send one letter from files through a running service's API, as a case system would."""
     import time
 
     import httpx
 
+    settings = load_settings()
+    base = url or _sandbox_url(settings)
     key = api_key
     if key is None:
-        key_file = Path("var/dev-api-key")
+        key_file = settings.var_dir / "dev-api-key"
         if not key_file.is_file():
             raise KanalvaxelError(
                 "no API key: pass --api-key or start the sandbox once (it writes var/dev-api-key)"
             )
         key = key_file.read_text().strip()
-    content = body_file.read_text(encoding="utf-8") if body_file else ""
+
+    def read(path: Path, what: str) -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ValidationError(what, f"cannot read {path}: {exc.strerror}") from None
+
+    content = read(body_file, "body-file").decode("utf-8", errors="strict") if body_file else ""
     payload: dict[str, Any] = {
         "recipient": {"id": to},
         "subject": subject,
@@ -286,16 +354,25 @@ def send(
             "content": content,
         },
         "attachments": [
-            {"filename": p.name, "content_base64": base64.b64encode(p.read_bytes()).decode()}
+            {"filename": p.name, "content_base64": base64.b64encode(read(p, "attach")).decode()}
             for p in attach or []
         ],
         "confidentiality": confidentiality,
         "message_type": message_type,
         "support_info": {"text": support_text},
     }
-    for k, v in (("name", name), ("email", email)):
+    for k, v in (("name", name), ("email", email), ("mobile", mobile)):
         if v:
             payload["recipient"][k] = v
+    if smime_certificate is not None:
+        payload["recipient"]["smime_certificate"] = read(smime_certificate, "smime-certificate").decode(
+            "ascii", "replace"
+        )
+    if protected_identity:
+        payload["recipient"]["protected_identity"] = True
+    for k, v in (("phone", support_phone), ("url", support_url), ("email", support_email)):
+        if v:
+            payload["support_info"][k] = v
     if address or postal_code or city:
         payload["recipient"]["postal_address"] = {
             "lines": address or [],
@@ -308,7 +385,7 @@ def send(
         payload["sender"] = sender
     headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": str(uuid.uuid4())}
     try:
-        with httpx.Client(base_url=url, timeout=60, trust_env=False) as http:
+        with httpx.Client(base_url=base, timeout=60, trust_env=False) as http:
             r = http.post("/v1/shipments", json=payload, headers=headers)
             if r.status_code >= 400:
                 detail = (
@@ -318,14 +395,26 @@ def send(
                 )
                 raise KanalvaxelError(f"the service refused the letter ({r.status_code}): {detail}")
             accepted = r.json()
-            print(f"accepted: {accepted['id']} ({accepted['state']})")
-            state = accepted["state"]
+            print(f"accepted: {accepted['id']} ({accepted['state']}) at {base}", flush=True)
+            shipment = http.get(accepted["status_url"], headers=headers).json()
+            state, reported = shipment["state"], ""
+            deadline = time.monotonic() + timeout
             while wait and state not in ("DELIVERED", "FAILED"):
-                time.sleep(1)
-                state = http.get(accepted["status_url"], headers=headers).json()["state"]
-                print(f"state: {state}")
+                if shipment.get("channel") and reported != f"{state}/{shipment['channel']}":
+                    reported = f"{state}/{shipment['channel']}"
+                    print(f"state: {state} ({shipment['channel']})", flush=True)
+                if time.monotonic() > deadline:
+                    raise KanalvaxelError(
+                        f"letter {accepted['id']} is still {state} after {timeout:g} s "
+                        f"(see {accepted['status_url']})"
+                    )
+                time.sleep(0.5)
+                shipment = http.get(accepted["status_url"], headers=headers).json()
+                state = shipment["state"]
+            for line in _describe_outcome(shipment):
+                print(line)
     except httpx.HTTPError as exc:
-        raise KanalvaxelError(f"could not reach {url}: {exc}") from None
+        raise KanalvaxelError(f"could not reach {base}: {exc}") from None
 
 
 OPENAPI_FILE = Path("openapi/openapi.json")
@@ -433,11 +522,83 @@ def in_doubt_resolve(
         print(f"letter {shp.id} is now {shp.state}")
 
 
+def _printing(container: Container) -> PrintBatchCloser:
+    if container.printing is None:
+        raise ConfigurationError("printing is switched off (print.enabled = false)")
+    return container.printing
+
+
+@print_batches_app.command("list")
+def print_batches_list(
+    include_closed: Annotated[bool, typer.Option("--all", help="Closed batches too (newest first).")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """List print batches that are collecting letters or being closed (with --all: closed ones too)."""
+    from datetime import UTC, datetime
+
+    container = _prepare(_settings())
+    batches = _printing(container).batches(include_closed=include_closed, limit=limit)
+    max_age = container.settings.print.batch_max_age_seconds
+    now = datetime.now(UTC)
+    if as_json:
+        for b in batches:
+            row = {
+                "id": b.id,
+                "sender": b.sender_key,
+                "status": b.status,
+                "letters": b.letter_count,
+                "bytes": b.total_bytes,
+                "opened_at": b.opened_at.isoformat(),
+                "closed_at": None if b.closed_at is None else b.closed_at.isoformat(),
+                "path": b.path,
+            }
+            print(json.dumps(row, ensure_ascii=False))
+        return
+    if not batches:
+        print("no print batches" if include_closed else "no open print batches")
+    for b in batches:
+        opened = b.opened_at if b.opened_at.tzinfo else b.opened_at.replace(tzinfo=UTC)
+        if b.status == "OPEN":
+            due = max(0, max_age - int((now - opened).total_seconds()))
+            when = f"closes in {due} s (or when full)" if b.letter_count else "empty"
+        elif b.status == "CLOSING":
+            when = "being closed"
+        else:
+            when = f"closed {b.closed_at:%Y-%m-%d %H:%M:%S}  {b.path}"
+        print(
+            f"{b.id}  {b.status:<7}  sender={b.sender_key}  letters={b.letter_count}  "
+            f"bytes={b.total_bytes}  opened {opened:%Y-%m-%d %H:%M:%S}  {when}"
+        )
+
+
+@print_batches_app.command("close")
+def print_batches_close(
+    batch_id: Annotated[
+        str | None, typer.Argument(help="The batch to close (see `print-batches list`).")
+    ] = None,
+    close_all: Annotated[bool, typer.Option("--all", help="Every open batch that holds letters.")] = False,
+) -> None:
+    """Send what is collected now: close a batch (or every open one) and hand it to the print vendor."""
+    if (batch_id is None) == (not close_all):
+        raise ValidationError("close", "name one batch ID or say --all")
+    container = _prepare(_settings())
+    printing = _printing(container)
+    if batch_id is not None:
+        print(f"closed {batch_id}: {printing.close_now(batch_id)}")
+        return
+    paths = printing.close_all_open()
+    if not paths:
+        print("no open print batch holds letters")
+    for path in paths:
+        print(f"closed: {path}")
+
+
 @app.command("sandbox-inbox")
 def sandbox_inbox(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
-    """List what the sandbox's SMTP sink and SMS gateway simulator received (var/sandbox/)."""
+    """List what the sandbox's mailbox operators, SMTP sink and SMS gateway received (var/sandbox/)."""
     import email
     import email.policy
 
@@ -458,6 +619,19 @@ def sandbox_inbox(
                 "encrypted": msg.get_content_type() == "application/pkcs7-mime",
             }
         )
+    for path in sorted((root / "digital").glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        rows.append(
+            {
+                "kind": "digital",
+                "file": str(path),
+                "received_at": data.get("received_at"),
+                "operator": data.get("operator"),
+                "to": mask_identity_numbers(str(data.get("recipient_id", ""))),
+                "subject": data.get("subject"),
+                "message_id": data.get("message_id"),
+            }
+        )
     for path in sorted((root / "sms").glob("*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
         rows.append(
@@ -472,6 +646,8 @@ def sandbox_inbox(
     for row in rows:
         if row["kind"] == "sms":
             print(f"SMS    {row['received_at']}  {row['to']}: {row['text']}")
+        elif row["kind"] == "digital":
+            print(f"DIGITAL {row['received_at']}  {row['operator']}  {row['to']}: {row['subject']}")
         else:
             lock = " [krypterad]" if row["encrypted"] else ""
             print(f"E-POST {row['date']}  {row['to']}: {row['subject']}{lock}  ({row['file']})")

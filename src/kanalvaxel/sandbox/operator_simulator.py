@@ -24,11 +24,14 @@ the code given there.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -117,8 +120,13 @@ class OperatorSimulator:
         trust: TrustPolicy,
         *,
         clock: Callable[[], datetime] | None = None,
+        store_dir: Path | None = None,
     ) -> None:
+        """`store_dir`: also write each accepted delivery there as JSON (what `sandbox-inbox` lists)."""
         self.name = name
+        self._store_dir = store_dir
+        if store_dir is not None:
+            store_dir.mkdir(parents=True, exist_ok=True)
         self.operator_id = operator_id
         self.trust = trust
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -275,7 +283,18 @@ class OperatorSimulator:
                 )
             self._stored |= keys
             self.accepted.append(record)
+        if self._store_dir is not None:
+            self._store(record)
         return record
+
+    def _store(self, record: AcceptedDelivery) -> None:
+        assert self._store_dir is not None
+        stamp = record.received_at.strftime("%Y%m%dT%H%M%S.%fZ")
+        target = self._store_dir / f"{stamp}-{record.trans_id}.json"
+        partial = target.with_suffix(".json.partial")
+        data = {"operator": self.name, "operator_id": self.operator_id} | _accepted_json(record)
+        partial.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        os.replace(partial, target)  # renamed into place: a reader never sees half a file
 
     # ------------------------------------------------------------------------------------------ control
 

@@ -49,8 +49,10 @@ def start_world(
     registry: Registry | Path | None = None,
     far_port: int = 0,
     operator_ports: dict[str, int] | None = None,
+    store_dir: Path | None = None,
 ) -> SandboxWorld:
-    """Start the simulators (ephemeral ports unless given). The caller must `stop()` the world."""
+    """Start the simulators (ephemeral ports unless given). The caller must `stop()` the world.
+    `store_dir`: the operators also write what they accept there, as JSON files people can read."""
     reg = (
         load_registry(registry)
         if isinstance(registry, Path)
@@ -64,7 +66,7 @@ def start_world(
         operators: dict[str, OperatorSimulator] = {}
         urls: dict[str, str] = {}
         for key, op in reg.operators.items():
-            sim = OperatorSimulator(op.name, op.id, trust)
+            sim = OperatorSimulator(op.name, op.id, trust, store_dir=store_dir)
             cert = OPERATOR_CERTS.get(key, "server")
             server = serve_in_thread(
                 sim.app,

@@ -8,7 +8,8 @@ from dataclasses import dataclass, replace
 
 import nh3
 from pypdf import PdfReader
-from pypdf.errors import PdfReadError
+from pypdf.errors import LimitReachedError
+from pypdf.generic import IndirectObject, StreamObject
 
 from kanalvaxel.domain.errors import ValidationError
 from kanalvaxel.domain.model import BodyType, Letter
@@ -52,6 +53,8 @@ class ContentLimits:
     max_attachment_bytes: int
     max_total_attachment_bytes: int
     max_body_chars: int
+    #: What the streams of one attachment may expand to, together.
+    max_decompressed_bytes: int = 100 * 1024 * 1024
 
 
 def sanitise_html(html: str) -> str:
@@ -64,8 +67,9 @@ def sanitise_html(html: str) -> str:
     )
 
 
-def pdf_page_count(content: bytes, field: str) -> int:
-    """Raise ValidationError unless `content` is a readable, unencrypted PDF with at least one page."""
+def pdf_page_count(content: bytes, field: str, *, max_decompressed_bytes: int | None = None) -> int:
+    """Raise ValidationError unless `content` is a readable, unencrypted PDF with at least one page (and,
+    with `max_decompressed_bytes`, whose streams expand to no more than that together)."""
     if not content.startswith(b"%PDF-"):
         raise ValidationError(field, "is not a PDF (the file does not start with %PDF-)")
     try:
@@ -73,13 +77,37 @@ def pdf_page_count(content: bytes, field: str) -> int:
         if reader.is_encrypted:
             raise ValidationError(field, "is an encrypted PDF; send it unencrypted")
         pages = len(reader.pages)
+        if max_decompressed_bytes is not None:
+            _check_expansion(reader, field, max_decompressed_bytes)
     except ValidationError:
         raise
-    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+    except LimitReachedError as exc:
+        raise ValidationError(field, f"is a PDF too large or too deep to read safely ({exc})") from None
+    except RecursionError:
+        raise ValidationError(field, "is not a readable PDF (its structure nests too deep)") from None
+    except Exception as exc:
+        # pypdf raises many kinds of errors on a damaged or hostile file (its own, ValueError, KeyError,
+        # AssertionError, ...); whichever it is, nobody downstream can read the file either.
         raise ValidationError(field, f"is not a readable PDF ({type(exc).__name__})") from None
     if pages < 1:
         raise ValidationError(field, "is a PDF without pages")
     return pages
+
+
+def _check_expansion(reader: PdfReader, field: str, budget: int) -> None:
+    """Decode every stream once, counting: a small file that expands to hundreds of MB is refused here
+    rather than in the print vendor's RIP or a mailbox operator's viewer. pypdf bounds each stream itself
+    (75 MB), so memory stays bounded while we count."""
+    total = 0
+    for generation, objects in reader.xref.items():
+        for number in objects:
+            obj = reader.get_object(IndirectObject(number, generation, reader))
+            if isinstance(obj, StreamObject):
+                total += len(obj.get_data())
+                if total > budget:
+                    raise ValidationError(
+                        field, f"is a PDF whose content expands to more than {budget} bytes"
+                    )
 
 
 def check_letter(letter: Letter, limits: ContentLimits) -> Letter:
@@ -97,7 +125,7 @@ def check_letter(letter: Letter, limits: ContentLimits) -> Letter:
         total += size
         if att.content_type != "application/pdf":
             raise ValidationError(f"{field}.content_type", "only application/pdf is accepted")
-        pdf_page_count(att.content, field)
+        pdf_page_count(att.content, field, max_decompressed_bytes=limits.max_decompressed_bytes)
     if total > limits.max_total_attachment_bytes:
         raise ValidationError(
             "attachments", f"are {total} bytes together; the limit is {limits.max_total_attachment_bytes}"

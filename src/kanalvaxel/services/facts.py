@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
+from kanalvaxel.domain.errors import ValidationError
 from kanalvaxel.domain.model import Channel, Letter, Notice
-from kanalvaxel.domain.rules import MailboxLookup, RecipientFacts
+from kanalvaxel.domain.rules import ChannelLimits, MailboxLookup, RecipientFacts
 from kanalvaxel.ports import CertificateInspector, CertificateLookup, RecipientRegister, SenderInfo
 
 
@@ -19,7 +20,9 @@ class FactsGatherer:
         *,
         certificate_directory: CertificateLookup | None = None,
         sender_unavailable: Mapping[str, Mapping[Channel | Notice, str]] | None = None,
+        limits: ChannelLimits | None = None,
     ) -> None:
+        self._limits = limits or ChannelLimits()
         self._register = register
         self._certificates = certificates
         self._directory = certificate_directory
@@ -47,5 +50,23 @@ class FactsGatherer:
         if pem and self._certificates is not None:
             cert = self._certificates.inspect(pem)
         return RecipientFacts(
-            mailbox=lookup, certificate=cert, unavailable=unavailable, accepted_at=accepted_at
+            mailbox=lookup,
+            certificate=cert,
+            unavailable=unavailable,
+            accepted_at=accepted_at,
+            print_pages=_print_pages(letter) if self._limits.max_print_pages is not None else None,
+            limits=self._limits,
         )
+
+
+def _print_pages(letter: Letter) -> int | None:
+    """The address page and every attachment page (a long body may add more: the print channel checks
+    the rendered letter as well). None when an attachment cannot be read (intake has checked them)."""
+    from kanalvaxel.services.content import pdf_page_count
+
+    try:
+        return 1 + sum(
+            pdf_page_count(a.content, f"attachments[{i}]") for i, a in enumerate(letter.attachments)
+        )
+    except ValidationError:
+        return None

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+from kanalvaxel.domain.errors import ConflictError, NotFoundError
 from kanalvaxel.domain.model import Channel, EventType, ShipmentState, check_transition
 from kanalvaxel.ports import (
     Clock,
@@ -32,7 +33,9 @@ class BatchLimits:
     max_letters: int
     max_bytes: int
     max_age: timedelta
-    closing_lease: timedelta = timedelta(minutes=10)
+    #: How long a closer holds a CLOSING batch. The worker's lease: a killed closer's batch is taken up
+    #: again as soon as a killed worker's letters are, not minutes later.
+    closing_lease: timedelta
 
 
 class PrintBatchCloser:
@@ -58,6 +61,36 @@ class PrintBatchCloser:
             if path is not None:
                 paths.append(path)
         return paths
+
+    def batches(self, *, include_closed: bool = False, limit: int = 100) -> list[PrintBatchRecord]:
+        """Batches newest first: those still collecting or being closed, and closed ones if asked."""
+        with self._uow() as uow:
+            return list(uow.print_batches(() if include_closed else ("OPEN", "CLOSING"), limit))
+
+    def close_now(self, batch_id: str) -> str:
+        """An operator's "send what is collected now": close an open batch at once, whatever its age.
+
+        Raises NotFoundError for an unknown batch, ConflictError for one that is empty, already closed,
+        or being closed by a closer whose lease still holds. Returns the published path.
+        """
+        with self._uow() as uow:
+            batch = uow.print_batch(batch_id)
+        if batch is None:
+            raise NotFoundError(f"no print batch {batch_id}")
+        if batch.status == "CLOSED":
+            raise ConflictError(f"print batch {batch_id} is already closed: {batch.path}")
+        if batch.letter_count == 0:
+            raise ConflictError(f"print batch {batch_id} holds no letters")
+        path = self.close(batch_id)
+        if path is None:
+            raise ConflictError(f"print batch {batch_id} is being closed by another closer right now")
+        return path
+
+    def close_all_open(self) -> list[str]:
+        """Close every open batch that holds letters, now. Returns the published paths."""
+        with self._uow() as uow:
+            open_ = uow.print_batches(("OPEN",), 10_000)
+        return [p for b in open_ if b.letter_count > 0 and (p := self.close(b.id)) is not None]
 
     def close(self, batch_id: str) -> str | None:
         """Close one batch now. Returns its published path, or None when another closer has it."""

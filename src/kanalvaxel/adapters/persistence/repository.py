@@ -67,6 +67,7 @@ def _batch(row: PrintBatchRow) -> PrintBatchRecord:
         letter_count=row.letter_count,
         total_bytes=row.total_bytes,
         path=row.path,
+        closed_at=row.closed_at,
     )
 
 
@@ -446,6 +447,12 @@ class SqlUnitOfWork:
     def print_batch(self, batch_id: str) -> PrintBatchRecord | None:
         row = self.session.get(PrintBatchRow, batch_id)
         return None if row is None else _batch(row)
+
+    def print_batches(self, statuses: Sequence[str], limit: int) -> Sequence[PrintBatchRecord]:
+        query = select(PrintBatchRow).order_by(PrintBatchRow.opened_at.desc(), PrintBatchRow.id).limit(limit)
+        if statuses:
+            query = query.where(PrintBatchRow.status.in_(list(statuses)))
+        return [_batch(r) for r in self.session.scalars(query)]
 
     def ping(self) -> None:
         self.session.execute(text("SELECT 1"))
