@@ -238,7 +238,7 @@ def test_control_characters_are_422_on_every_database(
     # PostgreSQL cannot store NUL (it was a 500 there, a 202 on SQLite), and XML 1.0 allows no C0 control.
     container, key, http = any_db_http
     r = post(http, key, payload(**change))
-    assert_problem(r, 422, field=field, detail="control characters")
+    assert_problem(r, 422, field=field, detail="not allowed")
     assert row_counts(container) == NOTHING_WRITTEN
 
 
@@ -286,3 +286,111 @@ def test_a_pdf_that_expands_beyond_the_limit_is_422(make_container: MakeContaine
             idempotency_key="ok",
         )
         assert ok.status_code == 202, ok.text
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Beslut\r\nBcc: x@example.se",
+        "Beslut\nom bygglov",
+        "Beslut\u2028om bygglov",
+        "Beslut\u0085om bygglov",
+        "Beslut\x7f",
+        "Beslut\x90",
+        "Beslut \u202egnp.exe",
+        "Be\u200bslut",
+        "Beslut\u2066",
+        "Beslut\uffff",
+        "Beslut\ufdd0",
+        "Beslut\tom bygglov",
+    ],
+)
+def test_a_subject_must_be_one_line_of_visible_text(
+    http: TestClient, container: Container, api_key: str, value: str
+) -> None:
+    # Each of these was accepted, and then broke the e-mail header (the letter went to paper unasked) or
+    # was printed as it came.
+    r = post(http, api_key, payload(subject=value))
+    problem = assert_problem(r, 422, field="subject")
+    assert "U+" in problem["detail"]  # which character, so the case system's staff can find it
+    assert row_counts(container) == NOTHING_WRITTEN
+
+
+@pytest.mark.parametrize(
+    ("field", "change"),
+    [
+        ("recipient.name", lambda b: b["recipient"].update(name="Tolvan\u202e")),
+        (
+            "recipient.postal_address.lines[1]",
+            lambda b: b["recipient"]["postal_address"].update(lines=["Storgatan 1", " "]),
+        ),
+        (
+            "recipient.postal_address.city",
+            lambda b: b["recipient"]["postal_address"].update(city="Små\nstad"),
+        ),
+        ("case_reference", lambda b: b.update(case_reference="BN\u200d2026")),
+        ("message_type", lambda b: b.update(message_type="beslut\u2029kallelse")),
+        ("support_info.phone", lambda b: b["support_info"].update(phone="010\r\n000")),
+        ("body.content", lambda b: b.update(body={"content_type": "text/plain", "content": "Hej \u202e!"})),
+        ("support_info.text", lambda b: b["support_info"].update(text="Ring \u2067oss")),
+    ],
+)
+def test_every_text_field_has_its_rule_and_a_refusal_names_it(
+    http: TestClient, container: Container, api_key: str, field: str, change: Any
+) -> None:
+    body = payload()
+    change(body)
+    assert_problem(post(http, api_key, body), 422, field=field)
+    assert row_counts(container) == NOTHING_WRITTEN
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "..",
+        ".",
+        "CON",
+        "con.pdf",
+        "LPT1.pdf",
+        "a:b.pdf",
+        "\u202egnp.pdf",
+        "\uff0e\uff0e\uff0fx.pdf",
+        "../x.pdf",
+        "x.pdf.",
+        ".pdf",
+        "a\\b.pdf",
+        "x?.pdf",
+    ],
+)
+def test_an_attachment_name_is_a_file_name_and_never_a_path_or_a_device(
+    http: TestClient, container: Container, api_key: str, name: str
+) -> None:
+    r = post(http, api_key, payload(attachments=[{"filename": name, "content_base64": b64(PDF)}]))
+    assert_problem(r, 422, field="attachments[0].filename")
+    assert row_counts(container) == NOTHING_WRITTEN
+
+
+def test_running_text_is_normalised_and_stored_as_normalised(
+    http: TestClient, container: Container, api_key: str
+) -> None:
+    body = payload(
+        subject="Beslut om bygglov för Åsa",  # decomposed Å: stored composed (NFC)
+        body={
+            "content_type": "text/plain",
+            "content": "\ufeffHej!\r\nRad två\u2028Rad tre\u0085Rad\u200b fyra",
+        },
+    )
+    body["attachments"][0]["filename"] = "Beslut om bygglov.pdf"
+    r = post(http, api_key, body)
+    assert r.status_code == 202, r.text
+    from kanalvaxel.services.codec import letter_from_json
+
+    with container.uow() as uow:
+        shp = uow.shipment(r.json()["id"])
+        assert shp is not None
+        assert shp.subject == "Beslut om bygglov för \u00c5sa"
+        content = uow.letter_content(shp.id)
+    assert content is not None
+    letter = letter_from_json(content[0], content[1])
+    assert letter.body == "Hej!\nRad två\nRad tre\nRad fyra"
+    assert letter.attachments[0].filename == "Beslut om bygglov.pdf"

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from kanalvaxel.domain.errors import ConflictError, ForbiddenError, ValidationError
 from kanalvaxel.domain.model import EventType, Letter, ShipmentState
+from kanalvaxel.domain.text import check_texts
 from kanalvaxel.ports import (
     ClientRecord,
     Clock,
@@ -56,7 +57,7 @@ class IntakeService:
             existing = uow.shipment_by_idempotency_key(client.id, idempotency_key)
         if existing is not None:
             return self._same(existing, request_hash)
-        letter = check_letter(letter, self._limits)
+        letter = check_letter(check_texts(letter), self._limits)
         now = self._clock.now()
         record = ShipmentRecord(
             id=str(uuid.uuid4()),

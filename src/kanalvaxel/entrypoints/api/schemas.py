@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from kanalvaxel.domain.errors import ValidationError
 from kanalvaxel.domain.model import Channel, Confidentiality
+from kanalvaxel.domain.text import FILE_NAME_PATTERN, ONE_LINE_PATTERN, RUNNING_TEXT_PATTERN, running_text
 
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 
 
-#: C0 control characters other than tab, LF and CR: PostgreSQL cannot store NUL, XML 1.0 allows none of them.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+#: One-line fields (subject, names, address lines, ...) and running text (body, support text): the domain's
+#: rules (kanalvaxel.domain.text), published in the schema; checked at intake, naming the field.
+_ONE_LINE: dict[str, Any] = {"pattern": ONE_LINE_PATTERN}
+_RUNNING_TEXT: dict[str, Any] = {"pattern": RUNNING_TEXT_PATTERN}
 
 
 class _In(BaseModel):
@@ -23,17 +26,27 @@ class _In(BaseModel):
     @field_validator("*", mode="after")
     @classmethod
     def _no_control_characters(cls, value: Any) -> Any:
+        # Every string, even those the domain has no rule of its own for (an e-mail address, a PEM), holds at
+        # least running text: no NUL, no other control character, no bidi override.
         texts = value if isinstance(value, list) else [value]
-        if any(isinstance(t, str) and _CONTROL.search(t) for t in texts):
-            raise ValueError("must not contain control characters (tab and line breaks are fine)")
+        for t in texts:
+            if isinstance(t, str):
+                try:
+                    running_text("value", t)
+                except ValidationError as exc:
+                    raise ValueError(exc.message) from None
         return value
 
 
 class PostalAddressIn(_In):
-    lines: list[str] = Field(min_length=1, max_length=4, description="Street lines: c/o, street, box.")
-    postal_code: str = Field(min_length=1, max_length=20, examples=["123 45"])
-    city: str = Field(min_length=1, max_length=100)
-    country: str | None = Field(default=None, max_length=100, description="Leave out for Sweden.")
+    lines: list[Annotated[str, Field(min_length=1, max_length=100, json_schema_extra=_ONE_LINE)]] = Field(
+        min_length=1, max_length=4, description="Street lines: c/o, street, box. None of them empty."
+    )
+    postal_code: str = Field(min_length=1, max_length=20, examples=["123 45"], json_schema_extra=_ONE_LINE)
+    city: str = Field(min_length=1, max_length=100, json_schema_extra=_ONE_LINE)
+    country: str | None = Field(
+        default=None, max_length=100, description="Leave out for Sweden.", json_schema_extra=_ONE_LINE
+    )
 
 
 class RecipientIn(_In):
@@ -41,7 +54,7 @@ class RecipientIn(_In):
         description="Personnummer, samordningsnummer or organisationsnummer; 10 or 12 digits, dash allowed.",
         examples=["19121212-1212"],
     )
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: str | None = Field(default=None, min_length=1, max_length=200, json_schema_extra=_ONE_LINE)
     postal_address: PostalAddressIn | None = None
     email: str | None = Field(
         default=None, min_length=5, max_length=256, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
@@ -55,21 +68,36 @@ class RecipientIn(_In):
 
 class BodyIn(_In):
     content_type: Literal["text/plain", "text/html"] = "text/plain"
-    content: str = Field(default="", description="HTML is sanitised: no scripts, styles, images or forms.")
+    content: str = Field(
+        default="",
+        description="HTML is sanitised: no scripts, styles, images or forms. CR LF, CR, U+0085, U+2028 and "
+        "U+2029 become LF; zero-width spaces, word joiners and byte-order marks are removed.",
+        json_schema_extra=_RUNNING_TEXT,
+    )
 
 
 class AttachmentIn(_In):
-    filename: str = Field(min_length=1, max_length=255, pattern=r"^[^/\\\x00-\x1f]+$")
+    filename: str = Field(
+        min_length=1,
+        max_length=255,
+        description='A file name, not a path: none of / \\ : * ? " < > |, not . or .., no leading dot, no '
+        "trailing dot or space, no device name (CON, NUL, COM1, ...); full-width forms count as what they "
+        "look like.",
+        json_schema_extra={"pattern": FILE_NAME_PATTERN},
+    )
     content_type: Literal["application/pdf"] = "application/pdf"
     content_base64: str = Field(description="The PDF, base64-encoded.")
 
 
 class SupportInfoIn(_In):
     text: str = Field(
-        min_length=1, max_length=1024, description="Who the recipient can ask, shown with the letter."
+        min_length=1,
+        max_length=1024,
+        description="Who the recipient can ask, shown with the letter.",
+        json_schema_extra=_RUNNING_TEXT,
     )
-    url: str | None = Field(default=None, max_length=255, pattern=r"^https?://")
-    phone: str | None = Field(default=None, max_length=255)
+    url: str | None = Field(default=None, max_length=255, pattern=r"^https?://[^\s\x00-\x1f\x7f]+$")
+    phone: str | None = Field(default=None, max_length=255, json_schema_extra=_ONE_LINE)
     email: str | None = Field(
         default=None, min_length=5, max_length=256, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
     )
@@ -80,12 +108,12 @@ class ShipmentIn(_In):
         default=None, description="Sender identity key. May be left out when the client is bound to one only."
     )
     recipient: RecipientIn
-    subject: str = Field(min_length=1, max_length=255)
+    subject: str = Field(min_length=1, max_length=255, json_schema_extra=_ONE_LINE)
     body: BodyIn = BodyIn()
     attachments: list[AttachmentIn] = Field(default_factory=list)
     confidentiality: Confidentiality
-    message_type: str = Field(default="meddelande", min_length=1, max_length=100)
-    case_reference: str | None = Field(default=None, max_length=255)
+    message_type: str = Field(default="meddelande", min_length=1, max_length=100, json_schema_extra=_ONE_LINE)
+    case_reference: str | None = Field(default=None, max_length=255, json_schema_extra=_ONE_LINE)
     support_info: SupportInfoIn
 
 
