@@ -247,6 +247,12 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         return self.database.url.startswith("sqlite")
 
+    @property
+    def database_kind(self) -> str:
+        """The database's name for people: "SQLite", "PostgreSQL", or the URL's scheme."""
+        scheme = self.database.url.split(":", 1)[0].split("+", 1)[0].lower()
+        return {"sqlite": "SQLite", "postgresql": "PostgreSQL", "postgres": "PostgreSQL"}.get(scheme, scheme)
+
     def sender(self, key: str) -> SenderIdentity | None:
         return next((s for s in self.senders if s.key == key), None)
 

@@ -42,3 +42,13 @@ class ForbiddenError(KanalvaxelError):
 
 class ConfigurationError(KanalvaxelError):
     """Settings that are missing, inconsistent or unsafe for the environment."""
+
+
+class UnavailableError(KanalvaxelError):
+    """Something we need (the database) cannot be reached or is overloaded now; the same request later can
+    succeed. `retry_after` is a hint in seconds."""
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after

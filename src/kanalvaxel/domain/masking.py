@@ -28,9 +28,41 @@ def mask_mobile(number: str) -> str:
     return f"{prefix}{digits[:4]}{'*' * (len(digits) - 6)}{digits[-2:]}"
 
 
+#: A UUID (shipment, batch and attempt ids): its digit runs are not identity numbers, and grepping a log for
+#: an id must find it.
+UUID_IN_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+#: The password in a URL's user information: ``scheme://user:password@host``.
+URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*:)(?P<password>[^\s/@]*)@")
+#: ``password=...`` (and the like) in a URL's query or a connection string.
+QUERY_PASSWORD = re.compile(
+    r"(?i)(?P<head>[?&;\s](?:password|passwd|pwd|secret|token)=)(?P<password>[^&;\s]*)"
+)
+
+
 def mask_identity_numbers(text: str) -> str:
-    """Identity numbers in free text keep the birth date only: ``19121212-1212`` -> ``19121212-****``."""
-    return IDENTITY_IN_TEXT.sub(lambda m: f"{m[1]}-****", text)
+    """Identity numbers in free text keep the birth date only: ``19121212-1212`` -> ``19121212-****``.
+    UUIDs are left as they are."""
+    out: list[str] = []
+    last = 0
+    for uuid in UUID_IN_TEXT.finditer(text):
+        out.append(IDENTITY_IN_TEXT.sub(lambda m: f"{m[1]}-****", text[last : uuid.start()]))
+        out.append(uuid.group())
+        last = uuid.end()
+    out.append(IDENTITY_IN_TEXT.sub(lambda m: f"{m[1]}-****", text[last:]))
+    return "".join(out)
+
+
+def redact_passwords(text: str) -> str:
+    """Passwords in URLs (``postgresql://user:secret@host`` -> ``postgresql://user:***@host``) and
+    ``password=`` parameters replaced, wherever they occur in `text`."""
+    text = URL_PASSWORD.sub(lambda m: f"{m['head']}***@", text)
+    return QUERY_PASSWORD.sub(lambda m: f"{m['head']}***", text)
+
+
+def escape_controls(text: str) -> str:
+    """Control and other invisible characters written as escapes, so that what came from outside (a URL
+    path, a header) can neither forge a log line nor move the terminal's cursor."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def mask_free_text(text: str) -> str:

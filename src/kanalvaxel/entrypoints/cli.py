@@ -18,7 +18,7 @@ import typer
 from kanalvaxel.bootstrap import Container, build
 from kanalvaxel.config import Settings, load_settings
 from kanalvaxel.domain.errors import ConfigurationError, KanalvaxelError, ValidationError
-from kanalvaxel.domain.masking import mask_identity_numbers
+from kanalvaxel.domain.masking import escape_controls, mask_identity_numbers, redact_passwords
 from kanalvaxel.services.print_batches import PrintBatchCloser
 
 log = logging.getLogger("kanalvaxel")
@@ -39,12 +39,15 @@ SANDBOX_CLIENT = "sandbox"
 
 
 class _MaskingFilter(logging.Filter):
+    """Every line we log: no password from a URL, no identity number at INFO and above, and no raw control
+    character (what came from outside cannot forge a line or drive the terminal)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.INFO and record.args:
-            record.msg = mask_identity_numbers(record.getMessage())
-            record.args = None
-        elif record.levelno >= logging.INFO:
-            record.msg = mask_identity_numbers(str(record.msg))
+        message = record.getMessage()
+        if record.levelno >= logging.INFO:
+            message = mask_identity_numbers(message)
+        record.msg = escape_controls(redact_passwords(message))
+        record.args = None
         return True
 
 
@@ -70,12 +73,13 @@ def _warn_defaults(settings: Settings) -> None:
         banner = "!" * 78
         log.warning(banner)
         log.warning(
-            "SANDBOX: %s — SQLite at %s, development certificates from %s, simulators only. "
+            "SANDBOX: %s — %s at %s, development certificates from %s, simulators only. "
             "Never use this for real letters.",
             "running on EMBEDDED DEFAULTS (no configuration found)"
             if settings.embedded_defaults
             else "sandbox",
-            settings.database.url,
+            settings.database_kind,
+            redact_passwords(settings.database.url),
             settings.dev_certs_dir,
         )
         log.warning(banner)

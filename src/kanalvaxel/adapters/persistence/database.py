@@ -24,7 +24,15 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         )
         _sqlite_pragmas(engine)
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_engine(
+        url,
+        echo=echo,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=10,
+        # A server that does not answer is an outage to report (503), not a request to hang on.
+        connect_args={"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {},
+    )
 
 
 def _sqlite_pragmas(engine: Engine) -> None:

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, func, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from kanalvaxel.adapters.persistence import outbox
@@ -25,6 +25,8 @@ from kanalvaxel.adapters.persistence.tables import (
     ShipmentRow,
     WorkItemRow,
 )
+from kanalvaxel.domain.errors import UnavailableError
+from kanalvaxel.domain.masking import redact_passwords
 from kanalvaxel.domain.model import Attachment
 from kanalvaxel.ports import (
     AttemptRecord,
@@ -58,6 +60,12 @@ def _shipment(row: ShipmentRow) -> ShipmentRecord:
     return ShipmentRecord(**{f: getattr(row, f) for f in _SHIPMENT_FIELDS})
 
 
+def _first_line(exc: DBAPIError) -> str:
+    """The driver's own words, first line only (no SQL, no parameters), with any password taken out."""
+    words = str(exc.orig).strip().splitlines() if exc.orig is not None else []
+    return redact_passwords(words[0].strip()) if words else type(exc).__name__
+
+
 def _batch(row: PrintBatchRow) -> PrintBatchRecord:
     return PrintBatchRecord(
         id=row.id,
@@ -86,13 +94,23 @@ class SqlUnitOfWork:
         self._session = self._factory()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *info: object) -> None:
+        """Roll back what was not committed; a database that cannot be reached becomes UnavailableError."""
         assert self._session is not None
+        exc = info[1] if len(info) > 1 else None
         try:
             self._session.rollback()
+        except (OperationalError, InterfaceError):
+            if exc is None:
+                raise
+            # The connection is gone already; the error that brought us here says more.
         finally:
             self._session.close()
             self._session = None
+        if isinstance(exc, (OperationalError, InterfaceError)) or (
+            isinstance(exc, DBAPIError) and exc.connection_invalidated
+        ):
+            raise UnavailableError(f"the database cannot be used now: {_first_line(exc)}") from exc
 
     def commit(self) -> None:
         self.session.commit()

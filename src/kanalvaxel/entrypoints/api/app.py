@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import json
-import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from kanalvaxel import __version__
 from kanalvaxel.bootstrap import Container
-from kanalvaxel.domain.masking import mask_identity_numbers
 from kanalvaxel.entrypoints.api import errors
+from kanalvaxel.entrypoints.api.guard import Guard
 from kanalvaxel.entrypoints.api.routes import health, recipients, shipments
-
-access_log = logging.getLogger("kanalvaxel.access")
-# Spaces anywhere, as RecipientId.parse accepts them ("19121212 1212", "1912 1212 1212").
 
 
 def create_app(
@@ -52,29 +47,7 @@ def create_app(
     errors.install(app)
     max_body = int(container.settings.limits.max_total_attachment_bytes * 1.4) + 1024 * 1024
 
-    @app.middleware("http")
-    async def guard_and_log(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body:
-            return errors.problem(
-                413,
-                "too-large",
-                "Request too large",
-                f"the request body is {length} bytes; the limit is {max_body}",
-            )
-        started = time.perf_counter()
-        response = await call_next(request)
-        access_log.info(
-            "%s %s %d %.1f ms",
-            request.method,
-            mask_identity_numbers(request.url.path),
-            response.status_code,
-            (time.perf_counter() - started) * 1000,
-        )
-        return response
-
+    app.add_middleware(Guard, max_body=max_body, authenticate=container.clients.authenticate)
     app.include_router(shipments.router)
     app.include_router(recipients.router)
     app.include_router(health.router)

@@ -8,7 +8,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from kanalvaxel.bootstrap import Container
-from kanalvaxel.entrypoints.api.errors import AuthError
+from kanalvaxel.entrypoints.api.errors import NO_KEY, UNKNOWN_KEY, AuthError
+from kanalvaxel.entrypoints.api.guard import CLIENT_STATE
 from kanalvaxel.ports import ClientRecord
 
 _bearer = HTTPBearer(auto_error=False, description="An API key made with `kanalvaxel clients add`.")
@@ -20,14 +21,20 @@ def container(request: Request) -> Container:
 
 
 def client(
+    request: Request,
     c: Annotated[Container, Depends(container)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ClientRecord:
+    # The guard has authenticated the request before its body was read (guard.py); this is the same check
+    # for an app mounted without it.
+    known = getattr(request.state, CLIENT_STATE, None)
+    if isinstance(known, ClientRecord):
+        return known
     if credentials is None:
-        raise AuthError("an API key is required: Authorization: Bearer <key>")
+        raise AuthError(NO_KEY)
     found = c.clients.authenticate(credentials.credentials)
     if found is None:
-        raise AuthError("the API key is unknown or revoked")
+        raise AuthError(UNKNOWN_KEY)
     return found
 
 

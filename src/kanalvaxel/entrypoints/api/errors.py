@@ -15,12 +15,15 @@ from kanalvaxel.domain.errors import (
     ForbiddenError,
     KanalvaxelError,
     NotFoundError,
+    UnavailableError,
     ValidationError,
 )
 from kanalvaxel.entrypoints.api.schemas import Problem
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
+NO_KEY = "an API key is required: Authorization: Bearer <key>"
+UNKNOWN_KEY = "the API key is unknown or revoked"
 
 
 class AuthError(KanalvaxelError):
@@ -46,14 +49,29 @@ _STATUS: list[tuple[type[Exception], int, str, str]] = [
     (PayloadTooLargeError, 413, "too-large", "Request too large"),
     (BadRequestError, 400, "bad-request", "Bad request"),
     (ValidationError, 422, "validation", "Invalid request"),
+    (UnavailableError, 503, "unavailable", "Service unavailable"),
 ]
 
 
-def problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> JSONResponse:
+def problem(
+    status: int, slug: str, title: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     body = Problem(type=f"urn:kanalvaxel:problem:{slug}", title=title, status=status, detail=detail, **extra)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer", **(headers or {})}
     return JSONResponse(
         body.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM, headers=headers
+    )
+
+
+def unavailable(exc: UnavailableError) -> JSONResponse:
+    """503 with Retry-After: the database is down or overloaded; nothing was stored."""
+    return problem(
+        503,
+        "unavailable",
+        "Service unavailable",
+        f"{exc.message}; nothing was stored, try again later",
+        headers={"Retry-After": str(exc.retry_after)},
     )
 
 
@@ -75,6 +93,8 @@ def _loc(loc: tuple[Any, ...]) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(KanalvaxelError)
     async def _ours(_request: Request, exc: KanalvaxelError) -> JSONResponse:
+        if isinstance(exc, UnavailableError):
+            return unavailable(exc)
         for kind, status, slug, title in _STATUS:
             if isinstance(exc, kind):
                 field = getattr(exc, "field", None)
@@ -109,12 +129,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 413:
+            return problem(413, "too-large", "Request too large", str(exc.detail))
         return problem(exc.status_code, "http", str(exc.detail), str(exc.detail))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return problem(500, "internal", "Internal error", "an internal error occurred")
+
+def internal_error() -> JSONResponse:
+    """What a client sees of a bug: no detail (the traceback is in our log, once)."""
+    return problem(500, "internal", "Internal error", "an internal error occurred")
 
 
 #: Declared on routes so the OpenAPI file documents every error answer.

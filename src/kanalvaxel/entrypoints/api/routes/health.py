@@ -6,6 +6,7 @@ import tempfile
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from kanalvaxel.domain.errors import UnavailableError
 from kanalvaxel.entrypoints.api.deps import ContainerDep
 
 router = APIRouter(tags=["health"])
@@ -27,6 +28,8 @@ def readyz(c: ContainerDep) -> JSONResponse:
         with c.uow() as uow:
             uow.ping()
         checks["database"] = "ok"
+    except UnavailableError as exc:
+        checks["database"] = f"failed: {exc.message}"
     except Exception as exc:
         checks["database"] = f"failed: {type(exc).__name__}"
     if c.printing is not None:

@@ -1,0 +1,117 @@
+"""A database outage is a 503 with Retry-After (nothing stored, try again), and /readyz says why; once the
+database is back, the same request succeeds. The outage is real: PostgreSQL behind a TCP relay that is cut."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import make_url
+
+from kanalvaxel.config import SANDBOX_SENDER_KEY
+from kanalvaxel.entrypoints.api.app import create_app
+
+from .helpers import MakeContainer, headers, payload
+
+
+class CuttableRelay:
+    """Forwards TCP connections to `target`; `cut()` drops every connection and refuses new ones (a
+    database host gone from the network), `mend()` lets them through again."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.open = True
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.open:
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.open = False
+        with self._lock:
+            for s in self._conns:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            self._conns.clear()
+
+    def mend(self) -> None:
+        self.open = True
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+@pytest.fixture
+def relay(pg_url: str) -> Iterator[tuple[CuttableRelay, str]]:
+    url = make_url(pg_url)
+    r = CuttableRelay((url.host or "127.0.0.1", url.port or 5432))
+    try:
+        yield r, url.set(host="127.0.0.1", port=r.port).render_as_string(hide_password=False)
+    finally:
+        r.close()
+
+
+def test_a_database_outage_is_503_with_retry_after_and_readyz_says_why(
+    relay: tuple[CuttableRelay, str], make_container: MakeContainer
+) -> None:
+    cuttable, url = relay
+    c = make_container(database_url=url)
+    key = c.clients.add("case-system-a", [SANDBOX_SENDER_KEY]).api_key
+    with TestClient(create_app(c), raise_server_exceptions=False) as http:
+        assert http.get("/readyz").status_code == 200
+        cuttable.cut()
+        r = http.post("/v1/shipments", json=payload(), headers=headers(key, "during"))
+        assert r.status_code == 503, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        assert int(r.headers["Retry-After"]) > 0
+        problem = r.json()
+        assert problem["type"] == "urn:kanalvaxel:problem:unavailable"
+        assert "nothing was stored" in problem["detail"]
+        assert "kanalvaxel:" not in problem["detail"]  # no password in what a client sees
+
+        assert http.get("/v1/shipments/x", headers=headers(key)).status_code == 503
+
+        ready = http.get("/readyz")
+        assert ready.status_code == 503
+        why = ready.json()["checks"]["database"]
+        assert why.startswith("failed: the database cannot be used now: ")
+        assert "connection" in why.lower()
+
+        cuttable.mend()
+        again = http.post("/v1/shipments", json=payload(), headers=headers(key, "during"))
+        assert again.status_code == 202, again.text  # the same request, later: stored once
+        assert http.get("/readyz").status_code == 200
