@@ -40,7 +40,8 @@ def test_malformed_json_is_400(http: TestClient, container: Container, api_key: 
         content=b'{"subject": "Beslut", ',
         headers={**headers(api_key), "Content-Type": "application/json"},
     )
-    assert_problem(r, 400, field="body", detail="not valid JSON")
+    problem = assert_problem(r, 400, detail="not valid JSON")
+    assert "field" not in problem  # "body" would name the letter's own field of that name
     assert row_counts(container) == NOTHING_WRITTEN
 
 
@@ -249,7 +250,10 @@ def test_tabs_and_line_breaks_are_fine(http: TestClient, api_key: str) -> None:
 
 def test_an_unknown_address_or_method_is_a_problem_too(http: TestClient, api_key: str) -> None:
     assert_problem(http.get("/v1/nothing-here", headers=headers(api_key)), 404)
-    assert_problem(http.delete("/v1/shipments", headers=headers(api_key)), 405)
+    not_allowed = http.delete("/v1/shipments", headers=headers(api_key))
+    assert_problem(not_allowed, 405)
+    assert not_allowed.headers["Allow"] == "POST"  # RFC 9110: a 405 says which methods there are
+    assert http.put("/v1/shipments/x", headers=headers(api_key)).headers["Allow"] == "GET"
 
 
 def test_a_pdf_with_a_page_tree_too_deep_to_read_is_422_and_the_connection_lives_on(

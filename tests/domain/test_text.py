@@ -18,7 +18,8 @@ from kanalvaxel.domain.text import (
     running_text,
 )
 
-bmp_text = st.text(alphabet=st.characters(max_codepoint=0xFFFF), max_size=30)
+# Without surrogates: the published patterns leave them out (the checks refuse them; see below).
+bmp_text = st.text(alphabet=st.characters(max_codepoint=0xFFFF, exclude_categories=("Cs",)), max_size=30)
 
 
 def _accepts(check: object, value: str) -> bool:
@@ -81,3 +82,9 @@ def test_noncharacters_and_tags_beyond_the_bmp_are_refused_in_one_line(value: st
 def test_emoji_with_joiners_and_directional_marks_stay_in_running_text() -> None:
     family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
     assert running_text("f", f"Hej {family} \u200fשלום\u200f") == f"Hej {family} \u200fשלום\u200f"
+
+
+def test_lone_surrogates_are_refused_everywhere() -> None:
+    for check in (one_line, running_text, file_name):
+        with pytest.raises(ValidationError):
+            check("f", "x\ud800")  # type: ignore[operator]

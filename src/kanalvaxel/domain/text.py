@@ -91,10 +91,15 @@ def _pattern(ranges: Ranges) -> str:
     return f"^[^{_char_class(ranges)}]*$"
 
 
-#: The rules as regular expressions in the syntax JSON Schema uses (ECMAScript), so only the Basic
-#: Multilingual Plane is named; the checks also refuse the noncharacters of the other planes.
-ONE_LINE_PATTERN = _pattern(tuple(r for r in ONE_LINE_REFUSED if r[1] <= 0xFFFF))
-RUNNING_TEXT_PATTERN = _pattern(tuple(r for r in RUNNING_TEXT_REFUSED if r[1] <= 0xFFFF))
+def _published(ranges: Ranges) -> Ranges:
+    # Patterns name code points of the Basic Multilingual Plane only, and never surrogates (no regular
+    # expression engine outside JavaScript takes them); the checks refuse those too.
+    return tuple(r for r in ranges if r[1] <= 0xFFFF and r not in _SURROGATES)
+
+
+#: The rules as regular expressions in the syntax JSON Schema uses (ECMAScript).
+ONE_LINE_PATTERN = _pattern(_published(ONE_LINE_REFUSED))
+RUNNING_TEXT_PATTERN = _pattern(_published(RUNNING_TEXT_REFUSED))
 
 _UNSAFE_IN_NAMES = frozenset('/\\:*?"<>|')
 
@@ -115,7 +120,7 @@ FILE_NAME_PATTERN = (
     + _ci("LPT")
     + "[1-9]) *(?:\\.|$))"
     "[^"
-    + _char_class(tuple(r for r in ONE_LINE_REFUSED if r[1] <= 0xFFFF))
+    + _char_class(_published(ONE_LINE_REFUSED))
     + "".join(re.escape(c) for c in sorted(_UNSAFE_IN_NAMES))
     + "\uff0f\uff3c\uff1a\uff0a\uff1f\uff02\uff1c\uff1e\uff5c]+$"
 )

@@ -9,12 +9,16 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 
 from kanalvaxel import __version__
 from kanalvaxel.bootstrap import Container
 from kanalvaxel.entrypoints.api import errors
 from kanalvaxel.entrypoints.api.guard import Guard
 from kanalvaxel.entrypoints.api.routes import health, recipients, shipments
+
+#: Where the documentation pages' own scripts and styles are served.
+DOCS_ASSETS = "/docs/assets"
 
 
 def create_app(
@@ -33,7 +37,10 @@ def create_app(
             if on_shutdown:
                 on_shutdown()
 
-    app = FastAPI(
+    # Swagger UI (/docs) and ReDoc (/redoc) with their scripts and styles served from the package, never a
+    # CDN: an installation on a network without internet shows them too.
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS,
         title="kanalväxel",
         version=__version__,
         description=(

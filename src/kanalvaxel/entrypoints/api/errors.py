@@ -109,9 +109,8 @@ def install(app: FastAPI) -> None:
         errors = [{"field": _loc(tuple(e["loc"])), "message": str(e["msg"])} for e in exc.errors()]
         first = exc.errors()[0] if exc.errors() else {"type": "", "loc": ()}
         if first.get("type") == "json_invalid":
-            return problem(
-                400, "malformed-json", "Malformed JSON", "the request body is not valid JSON", field="body"
-            )
+            # No `field`: "body" would name the letter's own field of that name.
+            return problem(400, "malformed-json", "Malformed JSON", "the request body is not valid JSON")
         if first.get("type") == "missing" and tuple(first.get("loc", ()))[:1] == ("header",):
             name = _loc(tuple(first["loc"])[1:])
             return problem(
@@ -131,7 +130,10 @@ def install(app: FastAPI) -> None:
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 413:
             return problem(413, "too-large", "Request too large", str(exc.detail))
-        return problem(exc.status_code, "http", str(exc.detail), str(exc.detail))
+        # Starlette's own headers go with it: Allow on a 405 says which methods the resource has.
+        return problem(
+            exc.status_code, "http", str(exc.detail), str(exc.detail), headers=dict(exc.headers or {}) or None
+        )
 
 
 def internal_error() -> JSONResponse:

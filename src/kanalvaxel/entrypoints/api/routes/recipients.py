@@ -27,7 +27,8 @@ router = APIRouter(prefix="/v1/recipients", tags=["recipients"])
     response_model=ChannelPrecheckOut,
     summary="Which channel a letter to this recipient would take now, and why",
     description="Asks the registers as a real letter would, but creates nothing.",
-    responses=responses(401, 403, 422),
+    operation_id="precheck_channels",
+    responses=responses(401, 403, 422, 503),
 )
 def precheck(
     recipient_id: str,

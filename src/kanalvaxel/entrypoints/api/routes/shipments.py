@@ -85,16 +85,47 @@ def request_hash(body: ShipmentIn) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+#: From an accepted letter to its state: what a client (and schemathesis' stateful tests) follows next.
+_TO_SHIPMENT = {
+    "GetShipment": {
+        "operationId": "get_shipment",
+        "parameters": {"shipment_id": "$response.body#/id"},
+        "description": "The shipment's state, channel, decision and timeline.",
+    }
+}
+_ACCEPTED_HEADERS = {
+    "Location": {"description": "The shipment's status URL.", "schema": {"type": "string"}},
+}
+
+
 @router.post(
     "",
     status_code=202,
     response_model=ShipmentAccepted,
+    operation_id="post_shipment",
     summary="Send a letter",
     description=(
         "Accepts one letter to one recipient. It is stored and queued before the answer is sent. "
-        "The same Idempotency-Key with the same body returns the same shipment; with another body, 409."
+        "The same Idempotency-Key with the same body returns the same shipment (200, "
+        "`Idempotent-Replayed: true`); with another body, 409."
     ),
-    responses=responses(400, 401, 403, 409, 413, 422),
+    responses={
+        202: {
+            "description": "Accepted: stored and queued.",
+            "links": _TO_SHIPMENT,
+            "headers": _ACCEPTED_HEADERS,
+        },
+        200: {
+            "model": ShipmentAccepted,
+            "description": "The same request again (idempotent replay): the shipment it made before.",
+            "links": _TO_SHIPMENT,
+            "headers": {
+                **_ACCEPTED_HEADERS,
+                "Idempotent-Replayed": {"description": "Always `true`.", "schema": {"type": "string"}},
+            },
+        },
+        **responses(400, 401, 403, 409, 413, 422, 503),
+    },
 )
 def post_shipment(
     body: ShipmentIn,
@@ -167,8 +198,9 @@ def shipment_out(view: ShipmentView) -> ShipmentOut:
 @router.get(
     "/{shipment_id}",
     response_model=ShipmentOut,
+    operation_id="get_shipment",
     summary="A shipment's state, channel, decision and timeline",
-    responses=responses(401, 404),
+    responses=responses(401, 404, 503),
 )
 def get_shipment(shipment_id: str, c: ContainerDep, client: ClientDep) -> ShipmentOut:
     return shipment_out(c.queries.shipment(client, shipment_id))
