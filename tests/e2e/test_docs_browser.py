@@ -1,5 +1,5 @@
-"""/docs in a real browser (Debian's headless Chromium) with every request off this machine refused: Swagger UI
-renders the API from the package's own assets, as on an agency network without internet."""
+"""/docs in a real browser (Debian's headless Chromium) with every request off this machine refused:
+Swagger UI renders the API from the package's own assets, as on an agency network without internet."""
 
 from __future__ import annotations
 
