@@ -398,3 +398,15 @@ def test_running_text_is_normalised_and_stored_as_normalised(
     letter = letter_from_json(content[0], content[1])
     assert letter.body == "Hej!\nRad två\nRad tre\nRad fyra"
     assert letter.attachments[0].filename == "Beslut om bygglov.pdf"
+
+
+def test_a_body_that_is_no_json_object_names_no_field(
+    http: TestClient, container: Container, api_key: str
+) -> None:
+    r = http.post(
+        "/v1/shipments", content=b"[1, 2]", headers={**headers(api_key), "Content-Type": "application/json"}
+    )
+    problem = assert_problem(r, 422)
+    assert "field" not in problem  # the request body as a whole, not the letter's field `body`
+    assert problem["detail"].startswith("the request body: ")
+    assert row_counts(container) == NOTHING_WRITTEN

@@ -87,7 +87,7 @@ def _loc(loc: tuple[Any, ...]) -> str:
     out = ""
     for p in parts:
         out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
-    return out or "body"
+    return out  # empty: the request body as a whole (not the letter's own `body` field)
 
 
 def install(app: FastAPI) -> None:
@@ -106,7 +106,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _payload(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"field": _loc(tuple(e["loc"])), "message": str(e["msg"])} for e in exc.errors()]
+        errors = []
+        for e in exc.errors():
+            where = _loc(tuple(e["loc"]))
+            errors.append({"field": where, "message": str(e["msg"])} if where else {"message": str(e["msg"])})
         first = exc.errors()[0] if exc.errors() else {"type": "", "loc": ()}
         if first.get("type") == "json_invalid":
             # No `field`: "body" would name the letter's own field of that name.
@@ -116,13 +119,13 @@ def install(app: FastAPI) -> None:
             return problem(
                 400, "missing-header", "Missing header", f"the {name} header is required", field=name
             )
-        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        summary = "; ".join(f"{e.get('field', 'the request body')}: {e['message']}" for e in errors[:5])
         return problem(
             422,
             "validation",
             "Invalid request",
             summary,
-            field=errors[0]["field"] if errors else None,
+            field=errors[0].get("field") if errors else None,
             errors=errors,
         )
 

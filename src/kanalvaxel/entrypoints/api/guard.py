@@ -59,10 +59,15 @@ class Guard:
         started = time.perf_counter()
         where = f"{escape_controls(scope['method'])} {escape_controls(mask_identity_numbers(scope['path']))}"
         status: list[int] = []
+        body = _BodyState(scope)
 
         async def send_and_note(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status.append(int(message["status"]))
+                if body.unread:
+                    # Answered before the body was read to its end (401, 413): close the connection, or
+                    # the server would go on reading (and discarding) whatever the client still sends.
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
         try:
@@ -70,7 +75,7 @@ class Guard:
             if early is not None:
                 await early(scope, receive, send_and_note)
             else:
-                await self.app(scope, self._counting(receive), send_and_note)
+                await self.app(scope, self._counting(receive, body), send_and_note)
         except UnavailableError as exc:  # a dependency failed outside a route's own handling
             if not status:
                 await errors.unavailable(exc)(scope, receive, send_and_note)
@@ -106,7 +111,7 @@ class Guard:
         scope.setdefault("state", {})[CLIENT_STATE] = client
         return None
 
-    def _counting(self, receive: Receive) -> Receive:
+    def _counting(self, receive: Receive, body: _BodyState) -> Receive:
         seen = 0
         limit = self.max_body
 
@@ -117,6 +122,17 @@ class Guard:
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     raise BodyTooLargeError(limit)
+                if not message.get("more_body", False):
+                    body.unread = False
             return message
 
         return counted
+
+
+class _BodyState:
+    """Whether a request has a body that has not been read to its end."""
+
+    def __init__(self, scope: Scope) -> None:
+        names = {k.lower(): v for k, v in scope["headers"]}
+        length = names.get(b"content-length", b"").strip()
+        self.unread = b"transfer-encoding" in names or (length.isdigit() and int(length) > 0)
