@@ -410,3 +410,15 @@ def test_a_body_that_is_no_json_object_names_no_field(
     assert "field" not in problem  # the request body as a whole, not the letter's field `body`
     assert problem["detail"].startswith("the request body: ")
     assert row_counts(container) == NOTHING_WRITTEN
+
+
+def test_one_stream_that_inflates_past_what_pypdf_reads_is_refused_too() -> None:
+    from kanalvaxel.domain.errors import ValidationError
+    from kanalvaxel.services.content import pdf_page_count
+
+    from .helpers import expanding_pdf
+
+    bomb = expanding_pdf(streams=1, expanded_bytes=80 * 1000 * 1000)  # about 80 KB in the file
+    assert len(bomb) < 200_000
+    with pytest.raises(ValidationError, match="too large or too deep to read safely"):
+        pdf_page_count(bomb, "attachments[0]", max_decompressed_bytes=10**9)
