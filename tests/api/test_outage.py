@@ -115,3 +115,31 @@ def test_a_database_outage_is_503_with_retry_after_and_readyz_says_why(
         again = http.post("/v1/shipments", json=payload(), headers=headers(key, "during"))
         assert again.status_code == 202, again.text  # the same request, later: stored once
         assert http.get("/readyz").status_code == 200
+
+
+def test_the_worker_waits_out_an_outage_with_one_line_and_goes_on_after_it(
+    relay: tuple[CuttableRelay, str], make_container: MakeContainer, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import time
+
+    from kanalvaxel.domain.errors import UnavailableError
+    from kanalvaxel.entrypoints.worker import Worker
+
+    cuttable, url = relay
+    c = make_container(database_url=url, worker={"poll_interval_seconds": 0.05})
+    cuttable.cut()
+    worker = Worker(c)
+    with pytest.raises(UnavailableError):
+        worker.run_once()
+    with caplog.at_level(logging.WARNING, logger="kanalvaxel.entrypoints.worker"):
+        worker.start()
+        deadline = time.monotonic() + 10
+        while not any("database cannot be used now" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "the worker said nothing about the outage"
+            time.sleep(0.05)
+        cuttable.mend()
+        worker.stop(grace=10)
+    ours = [r for r in caplog.records if r.name == "kanalvaxel.entrypoints.worker"]
+    assert all(r.exc_info is None for r in ours)  # an outage is not a bug: no traceback
+    assert worker.run_once() == 0  # the database is back: nothing due, no error

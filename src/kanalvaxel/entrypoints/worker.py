@@ -13,6 +13,7 @@ import threading
 from datetime import timedelta
 
 from kanalvaxel.bootstrap import Container
+from kanalvaxel.domain.errors import UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,11 @@ class Worker:
         while not self._stop.is_set():
             try:
                 worked = self.run_once(thread_name)
+            except UnavailableError as exc:
+                # An outage, not a bug: one line, no traceback, and a longer pause before trying again.
+                log.warning("worker %s: %s; trying again in %d s", thread_name, exc, exc.retry_after)
+                self._stop.wait(exc.retry_after)
+                worked = 0
             except Exception:
                 log.exception("worker loop error; backing off")
                 worked = 0
@@ -102,5 +108,7 @@ class Worker:
         while not self._stop.wait(max(self._poll, 1.0)):
             try:
                 self._c.printing.close_due()
+            except UnavailableError as exc:
+                log.warning("closing print batches: %s; will try again", exc)
             except Exception:
                 log.exception("closing print batches failed; will try again")
