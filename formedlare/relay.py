@@ -126,9 +126,9 @@ class FarLookup(Protocol):
 
 
 class OperatorCalls(Protocol):
-    """Runs operator calls for :meth:`Relay.deliver_next` (formedlare.worker has one with threads per
-    operator). ``call`` never raises; a call never started leaves its letter's lease to expire, after which
-    it is delivered again."""
+    """Runs operator calls for :meth:`Relay.deliver_next` (:class:`formedlare.worker.OperatorThreads` has
+    threads per operator). The calls it is given catch their own errors; one never run leaves its letter's
+    lease to expire, after which the letter is delivered again."""
 
     def submit(self, operator_id: str, call: Callable[[], None]) -> None: ...
 
@@ -698,11 +698,15 @@ class Relay:
             return
         # The slot is ours, so the operator's calls never outnumber its slots (in any process): they can run
         # side by side while this thread claims letters for other operators.
-        calls.submit(target.operator_id, functools.partial(self._handed_over_call, claim, target, attempt_id))
+        calls.submit(
+            target.operator_id, functools.partial(self._handed_over_call, claim, target, attempt_id, clock)
+        )
 
-    def _handed_over_call(self, claim: _Claim, target: Route, attempt_id: int) -> None:
+    def _handed_over_call(
+        self, claim: _Claim, target: Route, attempt_id: int, clock: Callable[[], datetime]
+    ) -> None:
         try:
-            self._call(claim, target, attempt_id, self._clock)
+            self._call(claim, target, attempt_id, clock)
         except Exception:
             # Nothing recorded (the store failed?): the lease expires and the letter is delivered again; the
             # unfinished attempt makes the operator's duplicate answer count as delivered.
