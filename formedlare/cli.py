@@ -7,7 +7,11 @@ server certificate, the CA of accepted client certificates) and ``worker_threads
 ``FORMEDLARE_*`` environment variables (``__`` nests: ``FORMEDLARE_HTTPS__PORT=8443``) over a TOML file:
 ``--config``, else ``$FORMEDLARE_CONFIG``, else ``./formedlare.toml`` when it exists. The service always
 requires client certificates (mutual TLS). SIGTERM or SIGINT stops it cleanly: no new connections, requests
-in flight finish, delivery threads finish their current letter.
+in flight finish, the delivery threads stop claiming and calls to operators in flight get up to 30 s to end
+(one still running then is abandoned: its lease expires and the letter is delivered again).
+
+``worker_threads`` claim letters; each operator's calls run in threads of their own (up to
+``operator_concurrency``), so an operator however slow never holds the threads that serve the others.
 """
 
 from __future__ import annotations

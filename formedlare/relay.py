@@ -13,10 +13,16 @@ operator's delivery slots, seals and POSTs ``deliverSecure`` with no database tr
 the outcome only while it still holds the lease. Each operator has its own queue: at most
 ``operator_concurrency`` calls in flight, and after a transient failure a backoff during which only ITS
 letters wait. Every attempt is a row; backoff is computed from the stored counts.
+
+Claiming and calling are separate steps: given an :class:`OperatorCalls`, :meth:`Relay.deliver_next` hands
+the call (seal, ``deliverSecure``, record) to it once the slot is taken and returns, so the thread that
+claims never waits on an operator and a slow operator holds nothing but its own slots. Without one the call
+runs in the claiming thread (tests, one-off passes).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -117,6 +123,14 @@ class FarLookup(Protocol):
     def is_reachable(
         self, sender_organisation_number: str, recipient_ids: Sequence[str]
     ) -> Mapping[str, Reachability]: ...
+
+
+class OperatorCalls(Protocol):
+    """Runs operator calls for :meth:`Relay.deliver_next` (:class:`formedlare.worker.OperatorThreads` has
+    threads per operator). The calls it is given catch their own errors; one never run leaves its letter's
+    lease to expire, after which the letter is delivered again."""
+
+    def submit(self, operator_id: str, call: Callable[[], None]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -578,25 +592,31 @@ class Relay:
 
     # ------------------------------------------------------------------------------------------ delivery
 
-    def deliver_due(self, now: datetime | None = None, *, limit: int = 100) -> int:
+    def deliver_due(
+        self, now: datetime | None = None, *, limit: int = 100, calls: OperatorCalls | None = None
+    ) -> int:
         """One pass: claim and work through due distributions one by one until none is due (or `limit`).
 
         `now` fixes the time of the whole pass (tests); by default the clock is read at each step. Returns the
         number of distributions worked on (delivered, failed, retried later, or put back because their
-        operator had no free slot). A worker that dies mid-call leaves its lease to expire; the next pass
-        then delivers again, and the operator's duplicate answer counts as delivered."""
+        operator had no free slot; with `calls`, also those whose call was handed over). A worker that dies
+        mid-call leaves its lease to expire; the next pass then delivers again, and the operator's duplicate
+        answer counts as delivered."""
         done = 0
-        while done < limit and self.deliver_next(now):
+        while done < limit and self.deliver_next(now, calls=calls):
             done += 1
         return done
 
-    def deliver_next(self, now: datetime | None = None) -> bool:
-        """Claim and work on one due distribution; False when none is due."""
+    def deliver_next(self, now: datetime | None = None, *, calls: OperatorCalls | None = None) -> bool:
+        """Claim and work on one due distribution; False when none is due.
+
+        With `calls`, the operator call (once its slot is taken) is handed to it and this returns at once;
+        without, it runs here and this returns once the outcome is recorded."""
         clock: Callable[[], datetime] = (lambda: now) if now is not None else self._clock
         claim = self._claim(clock())
         if claim is None:
             return False
-        self._work(claim, clock)
+        self._work(claim, clock, calls)
         return True
 
     def _claim(self, now: datetime) -> _Claim | None:
@@ -653,7 +673,7 @@ class Relay:
             row.id, token, row.sender_id, row.recipient_id, row.received_at, row.attempts, row.signed_delivery
         )
 
-    def _work(self, claim: _Claim, clock: Callable[[], datetime]) -> None:
+    def _work(self, claim: _Claim, clock: Callable[[], datetime], calls: OperatorCalls | None) -> None:
         now = clock()
         too_old = now - claim.received_at > self.policy.max_age
         if (claim.attempts >= self.policy.max_attempts or too_old) and not self._outcome_unknown(claim.id):
@@ -673,6 +693,27 @@ class Relay:
         attempt_id = self._take_slot(claim, target, clock)
         if attempt_id is None:
             return
+        if calls is None:
+            self._call(claim, target, attempt_id, clock)
+            return
+        # The slot is ours, so the operator's calls never outnumber its slots (in any process): they can run
+        # side by side while this thread claims letters for other operators.
+        calls.submit(
+            target.operator_id, functools.partial(self._handed_over_call, claim, target, attempt_id, clock)
+        )
+
+    def _handed_over_call(
+        self, claim: _Claim, target: Route, attempt_id: int, clock: Callable[[], datetime]
+    ) -> None:
+        try:
+            self._call(claim, target, attempt_id, clock)
+        except Exception:
+            # Nothing recorded (the store failed?): the lease expires and the letter is delivered again; the
+            # unfinished attempt makes the operator's duplicate answer count as delivered.
+            log.exception("distribution %s: the call to %s failed unrecorded", claim.id, target.operator_name)
+
+    def _call(self, claim: _Claim, target: Route, attempt_id: int, clock: Callable[[], datetime]) -> None:
+        """Seal, call the operator and record the outcome (under the lease) for a slot already taken."""
         try:
             sealed = seal_delivery(
                 self._seal,
@@ -1026,6 +1067,7 @@ __all__ = [
     "DeliveryPolicy",
     "DistributionDetail",
     "FarLookup",
+    "OperatorCalls",
     "OperatorQueue",
     "Refusal",
     "RefusalCode",

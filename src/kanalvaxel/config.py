@@ -135,6 +135,8 @@ class MinaMeddelandenSettings(_Strict):
     relay_client_certificate: Path | None = None
     relay_client_key: Path | None = None
     operator_ca_bundle: Path | None = None
+    #: Embedded relay: threads that claim letters, and calls in flight per mailbox operator (each operator's
+    #: calls run in threads of their own, so a slow operator never holds the claim threads).
     relay_threads: int = Field(default=2, ge=1, le=64)
     operator_concurrency: int = Field(default=4, ge=1, le=256)
     #: Embedded relay: backoff towards a mailbox operator that fails for now (per operator).

@@ -4,10 +4,12 @@ holds under many threads (SQLite and PostgreSQL), and a relay built from setting
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from formedlare.api import DistributionState
@@ -174,3 +176,111 @@ def test_settings_refuse_unusable_values(values: dict[str, object], message: str
 def test_from_settings_needs_trust_anchors(dev_certs: Path, sims: SandboxWorld, sqlite_url: str) -> None:
     with pytest.raises(RelayConfigurationError, match="trust_anchors"):
         Relay.from_settings(_settings(dev_certs, sims, sqlite_url, trust_anchors=[]))
+
+
+class _Gate(httpx.BaseTransport):
+    """Holds every call to one port (an operator that does not answer) until :meth:`open`; others pass."""
+
+    def __init__(self, inner: httpx.BaseTransport, port: int) -> None:
+        self._inner = inner
+        self._port = port
+        self._opened = threading.Event()
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self.held = 0  # calls that reached the gate
+        self.most_waiting = 0  # the most calls held at once
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.port == self._port:
+            with self._lock:
+                self.held += 1
+                self._waiting += 1
+                self.most_waiting = max(self.most_waiting, self._waiting)
+            try:
+                self._opened.wait(120)  # bounded only so a broken test cannot hang the run
+            finally:
+                with self._lock:
+                    self._waiting -= 1
+        return self._inner.handle_request(request)
+
+    def open(self) -> None:
+        self._opened.set()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def _port(url: str) -> int:
+    port = httpx.URL(url).port
+    assert port is not None
+    return port
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_operator_that_does_not_answer_never_holds_every_delivery_thread(
+    make_relay: RelayFactory, db_url: str, sims: SandboxWorld, sender: SigningIdentity, threads: int
+) -> None:
+    gates: list[_Gate] = []
+
+    def gate_mmp(inner: httpx.BaseTransport) -> httpx.BaseTransport:
+        gates.append(_Gate(inner, _port(sims.operator_urls["mmp"])))
+        return gates[0]
+
+    policy = DeliveryPolicy(operator_concurrency=4, busy_retry=dt.timedelta(seconds=0.1))
+    relay = make_relay(db_url, policy=policy, clock=_real_now, transport=gate_mmp)
+    gate = gates[0]
+    to_mmp = [relay.distribute_secure(sign(sender, MMP_RECIPIENT)) for _ in range(6)]
+    worker = RelayWorker(relay, threads=threads, idle_seconds=0.05)
+    worker.start()
+    try:
+        try:
+            # As many mmp calls hang as there are delivery threads (before the fix: every one of them).
+            _wait(lambda: gate.held >= threads, timeout=20)
+            to_kivra = [relay.distribute_secure(sign(sender, KIVRA_RECIPIENT)) for _ in range(5)]
+            kivra_done = _wait(_delivered(relay, to_kivra), timeout=20)
+            held_meanwhile = gate.held
+            mmp_pending = [relay.check_distribution_status(i).state for i in to_mmp]
+        finally:
+            gate.open()
+        mmp_done = _wait(_delivered(relay, to_mmp), timeout=20)
+    finally:
+        worker.stop()
+
+    print(
+        f"\n{threads} thread(s), mmp not answering: 5 kivra letters delivered after {kivra_done:.2f} s "
+        f"with {held_meanwhile} mmp calls held; 6 mmp letters {mmp_done:.2f} s after it answered"
+    )
+    assert len(sims.operators["kivra"].accepted) == 5
+    assert set(mmp_pending) == {DistributionState.PENDING}
+    assert held_meanwhile <= 4
+    assert gate.most_waiting <= 4  # the operator's slots, never more
+    assert len(sims.operators["mmp"].accepted) == 6
+
+
+def test_stop_returns_within_its_timeout_while_a_call_hangs_and_the_call_still_records(
+    make_relay: RelayFactory, sqlite_url: str, sims: SandboxWorld, sender: SigningIdentity
+) -> None:
+    gates: list[_Gate] = []
+
+    def gate_mmp(inner: httpx.BaseTransport) -> httpx.BaseTransport:
+        gates.append(_Gate(inner, _port(sims.operator_urls["mmp"])))
+        return gates[0]
+
+    relay = make_relay(sqlite_url, clock=_real_now, transport=gate_mmp)
+    gate = gates[0]
+    distribution_id = relay.distribute_secure(sign(sender, MMP_RECIPIENT))
+    worker = RelayWorker(relay, threads=2, idle_seconds=0.05)
+    worker.start()
+    try:
+        _wait(lambda: gate.held == 1, timeout=20)
+        started = time.monotonic()
+        worker.stop(timeout=0.2)
+        stopped_after = time.monotonic() - started
+        assert not worker.running
+    finally:
+        gate.open()
+        worker.stop()
+    # Nobody waits for the call any more, but it still ends and records while its lease holds.
+    _wait(_delivered(relay, [distribution_id]), timeout=20)
+    assert stopped_after < 10  # the timeout (0.2 s) plus scheduling, not the call
+    assert len(sims.operators["mmp"].accepted) == 1

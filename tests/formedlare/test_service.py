@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urljoin
 
@@ -368,6 +368,90 @@ def test_formedlare_serve_runs_delivers_and_stops_on_sigterm(
             process.communicate()
     assert process.returncode == 0, err.decode()
     assert b"formedlare stopped" in out
+
+
+def _wait_until_serving(process: subprocess.Popen[bytes], http: httpx.Client, url: str) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if http.get(f"{url}/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None, "formedlare serve exited"
+        assert time.monotonic() < deadline, "formedlare serve did not answer /healthz"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_formedlare_serve_delivers_to_one_operator_while_the_other_takes_60_s_a_call(
+    dev_certs: Path, sender: SigningIdentity, tmp_path: Path
+) -> None:
+    """Issue 9/14 with the relay as its own process (worker_threads = 2, operator_concurrency = 4)."""
+    world = start_world(dev_certs)  # its own: the slow calls must not linger in the module's world
+    kivra, mmp = world.operators["kivra"], world.operators["mmp"]
+    mmp.behave(delay=60)
+    port = _free_port()
+    url = f"https://127.0.0.1:{port}"
+    with (tmp_path / "out.log").open("wb") as out, (tmp_path / "err.log").open("wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "formedlare", "serve"],
+            env=_env(dev_certs, world.far_url, tmp_path / "served.db", port),
+            cwd=tmp_path,
+            stdout=out,
+            stderr=err,
+        )
+    try:
+        with (
+            mtls_client(dev_certs, "client") as http,
+            RemoteRelay(
+                f"{url}/Message/v3",
+                client_certificate=dev_certs / "client.pem",
+                client_key=dev_certs / "client.key",
+                ca_bundle=dev_certs / "ca.pem",
+            ) as remote,
+        ):
+            _wait_until_serving(process, http, url)
+            to_mmp = [
+                remote.distribute_secure(
+                    sign_delivery(sender, replace(content(), recipient_id=MMP_RECIPIENT))
+                )
+                for _ in range(6)
+            ]
+            deadline = time.monotonic() + 30
+            while mmp.requests < 2:  # before the fix both delivery threads were now in a 60 s call
+                assert time.monotonic() < deadline, "mmp was never called"
+                time.sleep(0.05)
+            started = time.monotonic()
+            to_kivra = [remote.distribute_secure(sign_delivery(sender, content())) for _ in range(20)]
+            deadline = started + 30
+            while any(
+                remote.check_distribution_status(i).state is not DistributionState.DELIVERED for i in to_kivra
+            ):
+                assert time.monotonic() < deadline, f"kivra got {len(kivra.accepted)} of 20 within 30 s"
+                time.sleep(0.1)
+            elapsed = time.monotonic() - started
+            mmp_states = {remote.check_distribution_status(i).state for i in to_mmp}
+        print(f"\nformedlare serve, mmp at 60 s a call: 20 kivra letters delivered after {elapsed:.1f} s")
+        assert len(kivra.accepted) == 20
+        assert mmp_states == {DistributionState.PENDING}
+        assert mmp.accepted == []
+        assert mmp.requests <= 4  # its slots, no more
+    finally:
+        # Stopping the slow simulator ends the minute-long calls (5 s grace), so SIGTERM stops at once.
+        mmp.behave()
+        mmp_url = world.operator_urls["mmp"]
+        next(s for s in world.servers if mmp_url.startswith(s.url)).stop()
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            world.stop()
+    assert process.returncode == 0, (tmp_path / "err.log").read_text()
+    assert b"formedlare stopped" in (tmp_path / "out.log").read_bytes()
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ FaR and mailbox-operator simulators over real HTTPS with client certificates, on
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -225,6 +225,47 @@ def test_while_far_cannot_be_reached_letters_wait_instead_of_going_to_paper(
     assert shp.state == "RETRY_WAIT"
     assert shp.channel is None
     assert any("FaR" in m for _, m in events(c, sid))
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.05)
+
+
+def test_a_slow_operator_never_holds_the_embedded_relays_deliveries_to_the_other(
+    running: tuple[Container, SandboxWorld], mm_client: ClientRecord
+) -> None:
+    """Issue 9/14: Min myndighetspost answering after 60 s must not keep Kivra's letters waiting."""
+    c, world = running
+    kivra, mmp = world.operators["kivra"], world.operators["mmp"]
+    mmp.behave(delay=60)
+    try:
+        to_mmp = [submit(c, mm_client, MMP_RECIPIENT, f"slow-{i}") for i in range(6)]
+        # relay_threads = 2: before the fix both delivery threads were now inside a 60 s call.
+        _wait_for(lambda: mmp.requests >= 2, 30, "mmp called")
+        started = time.monotonic()
+        to_kivra = [submit(c, mm_client, KIVRA_RECIPIENT, f"kivra-{i}") for i in range(20)]
+        deadline = started + 30  # generous: the issue measured 0 of 20 within 63 s
+        delivered = [
+            wait_state(c, sid, {"DELIVERED", "FAILED"}, timeout=max(0.1, deadline - time.monotonic()))
+            for sid in to_kivra
+        ]
+        elapsed = time.monotonic() - started
+        mmp_states = {wait_state(c, sid, {"HANDED_OVER", "DELIVERED", "FAILED"}).state for sid in to_mmp}
+        print(f"\nmmp at 60 s a call: 20 kivra letters delivered {elapsed:.1f} s after submission")
+        assert [s.state for s in delivered] == ["DELIVERED"] * 20
+        assert sorted(d.message_id for d in kivra.accepted) == sorted(to_kivra)
+        assert mmp_states == {"HANDED_OVER"}  # still in the slow operator's calls or queue
+        assert mmp.accepted == []
+        assert mmp.requests <= 4  # operator_concurrency: its slots, no more
+    finally:
+        # The calls in flight would sleep for a minute: stopping the slow simulator ends them (its
+        # graceful shutdown gives them 5 s) so the relay worker stops at once.
+        mmp.behave()
+        url = world.operator_urls["mmp"]
+        next(s for s in world.servers if url.startswith(s.url)).stop()
 
 
 def test_kanalvaxel_can_use_a_relay_that_runs_as_its_own_https_service(

@@ -40,7 +40,10 @@ class DigitalMail:
     _workers: list[RelayWorker] = field(default_factory=list)
 
     def start_relay_worker(self, threads: int, idle_seconds: float = 0.5) -> None:
-        """Run the embedded relay's deliveries to operators in this process (no-op for a remote relay)."""
+        """Run the embedded relay's deliveries to operators in this process (no-op for a remote relay).
+
+        `threads` claim letters; the calls to each operator run in threads of their own (up to
+        `operator_concurrency` per operator), so a slow operator never holds the claim threads."""
         if self.embedded is None or self._workers:
             return
         from formedlare.worker import RelayWorker
@@ -49,9 +52,10 @@ class DigitalMail:
         worker.start()
         self._workers.append(worker)
 
-    def stop_relay_worker(self) -> None:
+    def stop_relay_worker(self, timeout: float = 30.0) -> None:
+        """Stop the embedded relay's deliveries, waiting up to `timeout` seconds for calls in flight."""
         for w in self._workers:
-            w.stop()
+            w.stop(timeout)
         self._workers.clear()
 
     def close(self) -> None:

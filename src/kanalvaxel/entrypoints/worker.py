@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from datetime import timedelta
 
 from kanalvaxel.bootstrap import Container
@@ -53,11 +54,12 @@ class Worker:
     def stop(self, grace: float | None = None) -> None:
         """Ask every thread to stop and wait up to `grace` seconds for the ones sending."""
         self._stop.set()
-        if self._c.digital_mail is not None:
-            self._c.digital_mail.stop_relay_worker()
         wait = self._c.settings.worker.shutdown_grace_seconds if grace is None else grace
+        deadline = time.monotonic() + wait
+        if self._c.digital_mail is not None:
+            self._c.digital_mail.stop_relay_worker(wait)
         for t in self._threads:
-            t.join(timeout=wait)
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
         alive = [t.name for t in self._threads if t.is_alive()]
         if alive:
             log.warning(
