@@ -89,8 +89,9 @@ class PrintSettings(_Strict):
     #: How long a batch collects letters before it goes to the vendor (the sandbox: 5 s unless set).
     batch_max_age_seconds: int = Field(default=3600, ge=0)
     #: Pages one printed letter may have, the address page included: a letter with more is not sent on
-    #: paper (reason TOO_MANY_PAGES). PostNord's eBREV takes at most 6 sheets in a C5 envelope (one-sided).
-    max_pages_per_letter: int = Field(default=6, ge=1, le=1000)
+    #: paper (reason TOO_MANY_PAGES). Empty: the vendor takes any. PostNord's eBREV takes at most 6 sheets
+    #: in a C5 envelope (one-sided): set 6 for it.
+    max_pages_per_letter: int | None = Field(default=None, ge=1, le=1000)
 
 
 class LimitSettings(_Strict):
@@ -98,7 +99,8 @@ class LimitSettings(_Strict):
     max_attachment_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     max_total_attachment_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     max_body_chars: int = Field(default=200_000, ge=1)
-    #: What the streams of one PDF attachment may expand to, together (a small file can inflate 1000-fold).
+    #: What the PDF streams of one letter may expand to, all attachments together (a small file can inflate
+    #: 1000-fold).
     max_decompressed_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
 
 

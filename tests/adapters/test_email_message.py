@@ -156,6 +156,15 @@ def test_attachments_round_trip_with_utf8_file_names() -> None:
     assert raw.count(b"MIME-Version") == 1
 
 
+@pytest.mark.parametrize("text", ["Har du frågor? Ring oss.", "Vid frågor, ring oss."])
+def test_a_support_text_that_speaks_of_questions_is_given_no_frågor_of_ours(text: str) -> None:
+    body = parse(
+        build_plain_email(make_letter(support_info=SupportInfo(text=text)), SENDER, make_parties(), now=NOW)
+    ).get_body(("plain",))
+    assert isinstance(body, EmailMessage)
+    assert f"\n--\n{text}\n" in text_of(body)
+
+
 def test_a_support_text_that_starts_with_fragor_is_not_given_a_second_one() -> None:
     letter = make_letter(support_info=SupportInfo(text="Frågor? Ring kommunens kontaktcenter."))
     body = parse(build_plain_email(letter, SENDER, make_parties(), now=NOW)).get_body(("plain",))

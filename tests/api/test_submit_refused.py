@@ -280,7 +280,7 @@ def test_a_pdf_that_expands_beyond_the_limit_is_422(make_container: MakeContaine
         assert len(bomb) < 64 * 1024
         r = post(http, key, payload(attachments=[{"filename": "bomb.pdf", "content_base64": b64(bomb)}]))
         problem = assert_problem(r, 422, field="attachments[0]")
-        assert f"expands to more than {8 * 1024 * 1024} bytes" in problem["detail"]
+        assert f"expands past {8 * 1024 * 1024} bytes" in problem["detail"]
         assert row_counts(c) == NOTHING_WRITTEN
         small = expanding_pdf(streams=1, expanded_bytes=1024 * 1024)
         ok = post(
@@ -422,3 +422,18 @@ def test_one_stream_that_inflates_past_what_pypdf_reads_is_refused_too() -> None
     assert len(bomb) < 200_000
     with pytest.raises(ValidationError, match="too large or too deep to read safely"):
         pdf_page_count(bomb, "attachments[0]", max_decompressed_bytes=10**9)
+
+
+def test_the_expansion_budget_is_the_letters_not_each_attachments(make_container: MakeContainer) -> None:
+    from .helpers import expanding_pdf
+
+    c = make_container(limits={"max_decompressed_bytes": 8 * 1024 * 1024})
+    key = c.clients.add("case-system-a", [SANDBOX_SENDER_KEY]).api_key
+    each = expanding_pdf(streams=1, expanded_bytes=3 * 1024 * 1024)  # 3 MB each: under the limit alone
+    with TestClient(create_app(c)) as http:
+        two = [{"filename": f"{i}.pdf", "content_base64": b64(each)} for i in range(2)]
+        assert post(http, key, payload(attachments=two), idempotency_key="two").status_code == 202
+        three = [{"filename": f"{i}.pdf", "content_base64": b64(each)} for i in range(3)]
+        problem = assert_problem(post(http, key, payload(attachments=three), idempotency_key="three"), 422)
+        assert problem["field"] == "attachments[2]"
+        assert "the attachments of a letter together" in problem["detail"]

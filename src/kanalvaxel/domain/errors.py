@@ -46,9 +46,11 @@ class ConfigurationError(KanalvaxelError):
 
 class UnavailableError(KanalvaxelError):
     """Something we need (the database) cannot be reached or is overloaded now; the same request later can
-    succeed. `retry_after` is a hint in seconds."""
+    succeed. `message` may be shown to anyone; `cause` (the driver's words) is for our own logs only.
+    `retry_after` is a hint in seconds."""
 
-    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+    def __init__(self, message: str, *, cause: str = "", retry_after: int = 5) -> None:
         super().__init__(message)
         self.message = message
+        self.cause = cause
         self.retry_after = retry_after

@@ -31,11 +31,13 @@ def mask_mobile(number: str) -> str:
 #: A UUID (shipment, batch and attempt ids): its digit runs are not identity numbers, and grepping a log for
 #: an id must find it.
 UUID_IN_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-#: The password in a URL's user information: ``scheme://user:password@host``.
-URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*:)(?P<password>[^\s/@]*)@")
+#: The password in a URL's user information: ``scheme://user:password@host``. The password runs to the
+#: next ``@`` (SQLAlchemy reads ``/`` inside a password too); a URL with no user information but an ``@``
+#: later on may lose more than its password, which is the safe way to be wrong.
+URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*:)(?P<password>[^\s@]*)@")
 #: ``password=...`` (and the like) in a URL's query or a connection string.
 QUERY_PASSWORD = re.compile(
-    r"(?i)(?P<head>[?&;\s](?:password|passwd|pwd|secret|token)=)(?P<password>[^&;\s]*)"
+    r"(?i)(?P<head>(?:^|[?&;\s])(?:password|passwd|pwd|secret|token)=)(?P<password>[^&;\s]*)"
 )
 
 
@@ -61,8 +63,12 @@ def redact_passwords(text: str) -> str:
 
 def escape_controls(text: str) -> str:
     """Control and other invisible characters written as escapes, so that what came from outside (a URL
-    path, a header) can neither forge a log line nor move the terminal's cursor."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    path, a header) can neither forge a log line nor move the terminal's cursor. A backslash is doubled, so
+    an escape in the log always stands for the character, never for the text someone sent."""
+    return "".join(
+        "\\\\" if c == "\\" else c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+        for c in text
+    )
 
 
 def mask_free_text(text: str) -> str:

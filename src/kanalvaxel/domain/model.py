@@ -61,10 +61,11 @@ class SupportInfo:
     email: str | None = None
 
     def lines(self) -> list[str]:
-        """What a recipient reads under a letter, on paper and in e-mail alike: "Frågor?" and the text (once,
-        when the case system's text starts with it already), then web, phone and e-mail."""
+        """What a recipient reads under a letter, on paper and in e-mail alike: "Frågor?" and the text (the
+        text alone when it already speaks of questions: "Har du frågor? Ring oss."), then web, phone and
+        e-mail."""
         text = self.text.strip()
-        lines = [text if text.casefold().startswith("frågor") else f"Frågor? {text}".rstrip()]
+        lines = [text if "fråga" in text.casefold() or "frågor" in text.casefold() else f"Frågor? {text}"]
         if self.url:
             lines.append(f"Webb: {self.url}")
         if self.phone:

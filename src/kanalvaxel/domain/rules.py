@@ -84,11 +84,13 @@ class ChannelLimits:
 
 
 def message_bytes(letter: Letter) -> int:
-    """How big a letter is as a message: subject, body (UTF-8) and attachments, before any encoding."""
+    """How big a letter is as a message: subject and body (UTF-8) and the attachments as they travel,
+    base64-encoded (4 bytes for every 3). Counting what is sent rather than the raw files keeps a letter that
+    is near the limit from failing at the operator; DIGG's rule does not say which is meant."""
     return (
         len(letter.subject.encode("utf-8"))
         + len(letter.body.encode("utf-8"))
-        + sum(len(a.content) for a in letter.attachments)
+        + sum(4 * ((len(a.content) + 2) // 3) for a in letter.attachments)
     )
 
 

@@ -87,8 +87,12 @@ def _char_class(ranges: Ranges) -> str:
     return "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges)
 
 
+#: The end of the text, in every engine: Python's `$` also matches before a final line break.
+_END = "(?![\\s\\S])"
+
+
 def _pattern(ranges: Ranges) -> str:
-    return f"^[^{_char_class(ranges)}]*$"
+    return f"^[^{_char_class(ranges)}]*{_END}"
 
 
 def _published(ranges: Ranges) -> Ranges:
@@ -108,21 +112,21 @@ def _ci(word: str) -> str:
     return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in word)
 
 
-#: What `file_name` checks, as far as a pattern can say it (NFKC folding aside: full-width / \ : and the
+#: What `file_name` checks, as far as a pattern can say it (NFKC folding aside: full-width / \\ : and the
 #: rest are named as well).
 FILE_NAME_PATTERN = (
-    "^(?![. ]*$)(?!\\.)(?!.*[. ]$)"
+    f"^(?![. ]*{_END})(?!\\.)(?![\\s\\S]*[. ]{_END})"
     "(?!(?:"
-    + "|".join(_ci(n) for n in ("CON", "PRN", "AUX", "NUL"))
+    + "|".join(_ci(n) for n in ("CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"))
     + "|"
     + _ci("COM")
-    + "[1-9]|"
+    + "[1-9\u00b9\u00b2\u00b3]|"
     + _ci("LPT")
-    + "[1-9]) *(?:\\.|$))"
+    + f"[1-9\u00b9\u00b2\u00b3]) *(?:\\.|{_END}))"
     "[^"
     + _char_class(_published(ONE_LINE_REFUSED))
     + "".join(re.escape(c) for c in sorted(_UNSAFE_IN_NAMES))
-    + "\uff0f\uff3c\uff1a\uff0a\uff1f\uff02\uff1c\uff1e\uff5c]+$"
+    + f"\uff0f\uff3c\uff1a\uff0a\uff1f\uff02\uff1c\uff1e\uff5c]+{_END}"
 )
 
 _ONE_LINE_BAD = re.compile(f"[{_char_class(ONE_LINE_REFUSED)}]")
@@ -212,6 +216,10 @@ def _recipient(info: RecipientInfo) -> RecipientInfo:
     return replace(
         info,
         name=_optional("recipient.name", info.name, 200),
+        # An address or number with an invisible or control character is refused here, not at send time
+        # (where the letter would go on to paper unasked).
+        email=_optional("recipient.email", info.email, 256),
+        mobile=_optional("recipient.mobile", info.mobile, 30),
         postal_address=None if info.postal_address is None else _address(info.postal_address),
     )
 

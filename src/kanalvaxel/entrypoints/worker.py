@@ -96,7 +96,9 @@ class Worker:
                 worked = self.run_once(thread_name)
             except UnavailableError as exc:
                 # An outage, not a bug: one line, no traceback, and a longer pause before trying again.
-                log.warning("worker %s: %s; trying again in %d s", thread_name, exc, exc.retry_after)
+                log.warning(
+                    "worker %s: %s (%s); trying again in %d s", thread_name, exc, exc.cause, exc.retry_after
+                )
                 self._stop.wait(exc.retry_after)
                 worked = 0
             except Exception:
@@ -111,6 +113,6 @@ class Worker:
             try:
                 self._c.printing.close_due()
             except UnavailableError as exc:
-                log.warning("closing print batches: %s; will try again", exc)
+                log.warning("closing print batches: %s (%s); will try again", exc, exc.cause)
             except Exception:
                 log.exception("closing print batches failed; will try again")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 import nh3
 from pypdf import PdfReader
 from pypdf.errors import LimitReachedError
+from pypdf.filters import decode_stream_data
 from pypdf.generic import IndirectObject, StreamObject
 
 from kanalvaxel.domain.errors import ValidationError
@@ -53,7 +54,7 @@ class ContentLimits:
     max_attachment_bytes: int
     max_total_attachment_bytes: int
     max_body_chars: int
-    #: What the streams of one attachment may expand to, together.
+    #: What the streams of a letter's attachments may expand to, together.
     max_decompressed_bytes: int = 100 * 1024 * 1024
 
 
@@ -67,9 +68,25 @@ def sanitise_html(html: str) -> str:
     )
 
 
-def pdf_page_count(content: bytes, field: str, *, max_decompressed_bytes: int | None = None) -> int:
-    """Raise ValidationError unless `content` is a readable, unencrypted PDF with at least one page (and,
-    with `max_decompressed_bytes`, whose streams expand to no more than that together)."""
+class ExpansionBudget:
+    """What the PDFs of one letter may expand to, together: shared by its attachments."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+
+def pdf_page_count(
+    content: bytes,
+    field: str,
+    *,
+    max_decompressed_bytes: int | None = None,
+    budget: ExpansionBudget | None = None,
+) -> int:
+    """Raise ValidationError unless `content` is a readable, unencrypted PDF with at least one page (and
+    whose streams expand to no more than `max_decompressed_bytes`, or what is left of `budget`)."""
+    if budget is None and max_decompressed_bytes is not None:
+        budget = ExpansionBudget(max_decompressed_bytes)
     if not content.startswith(b"%PDF-"):
         raise ValidationError(field, "is not a PDF (the file does not start with %PDF-)")
     try:
@@ -77,8 +94,8 @@ def pdf_page_count(content: bytes, field: str, *, max_decompressed_bytes: int | 
         if reader.is_encrypted:
             raise ValidationError(field, "is an encrypted PDF; send it unencrypted")
         pages = len(reader.pages)
-        if max_decompressed_bytes is not None:
-            _check_expansion(reader, field, max_decompressed_bytes)
+        if budget is not None:
+            _check_expansion(reader, field, budget)
     except ValidationError:
         raise
     except LimitReachedError as exc:
@@ -94,19 +111,21 @@ def pdf_page_count(content: bytes, field: str, *, max_decompressed_bytes: int | 
     return pages
 
 
-def _check_expansion(reader: PdfReader, field: str, budget: int) -> None:
+def _check_expansion(reader: PdfReader, field: str, budget: ExpansionBudget) -> None:
     """Decode every stream once, counting: a small file that expands to hundreds of MB is refused here
     rather than in the print vendor's RIP or a mailbox operator's viewer. pypdf bounds each stream itself
-    (75 MB), so memory stays bounded while we count."""
-    total = 0
+    (75 MB); decoded data is counted and dropped at once (`get_data` would keep it in the reader), so memory
+    holds at most one stream, and the budget is the letter's, so many attachments cannot multiply it."""
     for generation, objects in reader.xref.items():
         for number in objects:
             obj = reader.get_object(IndirectObject(number, generation, reader))
             if isinstance(obj, StreamObject):
-                total += len(obj.get_data())
-                if total > budget:
+                budget.used += len(decode_stream_data(obj))
+                if budget.used > budget.limit:
                     raise ValidationError(
-                        field, f"is a PDF whose content expands to more than {budget} bytes"
+                        field,
+                        f"is a PDF whose content expands past {budget.limit} bytes "
+                        "(the attachments of a letter together)",
                     )
 
 
@@ -117,6 +136,7 @@ def check_letter(letter: Letter, limits: ContentLimits) -> Letter:
     if len(letter.attachments) > limits.max_attachments:
         raise ValidationError("attachments", f"at most {limits.max_attachments} attachments")
     total = 0
+    budget = ExpansionBudget(limits.max_decompressed_bytes)
     for i, att in enumerate(letter.attachments):
         field = f"attachments[{i}]"
         size = len(att.content)
@@ -125,7 +145,7 @@ def check_letter(letter: Letter, limits: ContentLimits) -> Letter:
         total += size
         if att.content_type != "application/pdf":
             raise ValidationError(f"{field}.content_type", "only application/pdf is accepted")
-        pdf_page_count(att.content, field, max_decompressed_bytes=limits.max_decompressed_bytes)
+        pdf_page_count(att.content, field, budget=budget)
     if total > limits.max_total_attachment_bytes:
         raise ValidationError(
             "attachments", f"are {total} bytes together; the limit is {limits.max_total_attachment_bytes}"

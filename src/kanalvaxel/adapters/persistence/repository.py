@@ -60,6 +60,29 @@ def _shipment(row: ShipmentRow) -> ShipmentRecord:
     return ShipmentRecord(**{f: getattr(row, f) for f in _SHIPMENT_FIELDS})
 
 
+#: SQLSTATE classes of an outage, not of a bug: connection exceptions, and "the server is shutting down or
+#: not accepting connections yet" (57P01-57P03).
+_OUTAGE_STATES = ("08", "57P01", "57P02", "57P03")
+#: SQLite's words for a file it cannot open or a writer that holds it too long.
+_SQLITE_OUTAGE = ("database is locked", "unable to open database file")
+
+
+def _outage(exc: DBAPIError) -> bool:
+    """A database that cannot be reached or is busy now (a retry later can help), as against a bug or a
+    schema that was never migrated ("no such table"), which must stay an error with its traceback."""
+    if exc.connection_invalidated or isinstance(exc, InterfaceError):
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    state = getattr(exc.orig, "sqlstate", None)
+    if isinstance(state, str) and state:
+        return state.startswith(_OUTAGE_STATES)
+    words = str(exc.orig).lower()
+    if "sqlite" in type(exc.orig).__module__:
+        return any(w in words for w in _SQLITE_OUTAGE)
+    return True  # a driver-level failure with no SQLSTATE: the connection itself failed
+
+
 def _first_line(exc: DBAPIError) -> str:
     """The driver's own words, first line only (no SQL, no parameters), with any password taken out."""
     words = str(exc.orig).strip().splitlines() if exc.orig is not None else []
@@ -100,17 +123,17 @@ class SqlUnitOfWork:
         exc = info[1] if len(info) > 1 else None
         try:
             self._session.rollback()
-        except (OperationalError, InterfaceError):
+        except DBAPIError:
             if exc is None:
                 raise
             # The connection is gone already; the error that brought us here says more.
         finally:
             self._session.close()
             self._session = None
-        if isinstance(exc, (OperationalError, InterfaceError)) or (
-            isinstance(exc, DBAPIError) and exc.connection_invalidated
-        ):
-            raise UnavailableError(f"the database cannot be used now: {_first_line(exc)}") from exc
+        if isinstance(exc, DBAPIError) and _outage(exc):
+            raise UnavailableError(
+                "the database cannot be reached or is busy", cause=_first_line(exc)
+            ) from exc
 
     def commit(self) -> None:
         self.session.commit()

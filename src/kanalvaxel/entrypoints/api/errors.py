@@ -65,7 +65,9 @@ def problem(
 
 
 def unavailable(exc: UnavailableError) -> JSONResponse:
-    """503 with Retry-After: the database is down or overloaded; nothing was stored."""
+    """503 with Retry-After: the database is down or overloaded; nothing was stored. The driver's own words
+    (host names, addresses) go to our log, never to the client."""
+    log.warning("answering 503: %s (%s)", exc.message, exc.cause)
     return problem(
         503,
         "unavailable",
