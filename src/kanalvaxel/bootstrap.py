@@ -28,6 +28,7 @@ from kanalvaxel.services.content import ContentLimits
 from kanalvaxel.services.dispatch import Dispatcher, DispatchSettings
 from kanalvaxel.services.facts import FactsGatherer
 from kanalvaxel.services.intake import IntakeService
+from kanalvaxel.services.prefetch import RegisterPrefetch
 from kanalvaxel.services.print_batches import BatchLimits, PrintBatchCloser
 from kanalvaxel.services.queries import ShipmentQueries
 
@@ -74,6 +75,8 @@ class Container:
     #: E-mail (plain and S/MIME) and SMS notices, with the sandbox's SMTP sink and SMS simulator.
     messaging: Messaging | None = None
     notifiers: Mapping[Notice, NoticeSender] = field(default_factory=dict)
+    #: Asks FaR for many waiting letters in one call before they are decided one by one (None: no FaR).
+    prefetch: RegisterPrefetch | None = None
 
     def dispatcher(self, worker_name: str) -> Dispatcher:
         return Dispatcher(
@@ -225,6 +228,9 @@ def build(settings: Settings, *, clock: Clock | None = None, outside_world: bool
         digital_mail=digital_mail,
         messaging=messaging,
         notifiers=notifiers,
+        prefetch=None
+        if digital_mail is None
+        else RegisterPrefetch(uow, clock, digital_mail.register, senders, every=w.poll_interval_seconds),
         dispatch_settings=DispatchSettings(
             max_attempts_per_channel=w.max_attempts_per_channel,
             backoff_base=timedelta(seconds=w.backoff_base_seconds),

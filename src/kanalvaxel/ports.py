@@ -361,6 +361,11 @@ class UnitOfWork(Protocol):
         """Insert unless a record for (shipment_id, channel) exists (then keep that one)."""
         ...
 
+    def awaiting_decision(self, now: datetime, limit: int) -> Sequence[tuple[str, str]]:
+        """(sender_key, recipient_id) of letters whose work is due and that have no decision yet (ACCEPTED),
+        oldest first, at most `limit`. Read-only."""
+        ...
+
     # outbox
     def enqueue(self, shipment_id: str, not_before: datetime, now: datetime) -> None: ...
     def claim(self, worker: str, now: datetime, lease: timedelta, limit: int) -> Sequence[Claim]:

@@ -333,3 +333,46 @@ def test_kanalvaxel_can_use_a_relay_that_runs_as_its_own_https_service(
         relay_worker.stop()
         relay.close()
         world.stop()
+
+
+def test_letters_waiting_at_once_are_looked_up_in_far_together_not_one_call_each(
+    db_url: str, tmp_path: Path, dev_certs: Path
+) -> None:
+    from tests.domain.factories import luhn_digit
+
+    # Workers not started: 60 letters wait at once, as after a volume intake.
+    c = build(mm_settings(db_url, tmp_path, dev_certs))
+    c.migrate()
+    try:
+        assert c.digital_mail is not None
+        assert c.digital_mail.world is not None
+        far = c.digital_mail.world.far
+        client = c.clients.add("ärendesystem", ["sandbox"]).client
+        unknown = [f"1980{m:02d}{d:02d}" for m in range(1, 4) for d in range(1, 19)][:54]
+        recipients = [KIVRA_RECIPIENT, MMP_RECIPIENT, OPTED_OUT_RECIPIENT] * 2 + [
+            f"19{nine[2:]}{luhn_digit(nine[2:])}" for nine in (f"{u}238" for u in unknown)
+        ]
+        assert len(recipients) == 60
+        ids = [submit(c, client, rid, f"v{i}") for i, rid in enumerate(recipients)]
+        far.reset_stats()
+        w = Worker(c)
+        while w.run_once():
+            pass
+        reachable = [
+            n
+            for op, n in zip(far.stats.operations, far.stats.ids_per_call, strict=True)
+            if op == "isReachable"
+        ]
+        assert reachable == [57]  # every distinct recipient in one call, none asked again
+        for sid in ids:
+            shp = wait_state(c, sid, {"HANDED_OVER", "DELIVERED", "FAILED"})
+            assert shp.decision is not None
+        with c.uow() as uow:
+            kivra = uow.shipment(ids[0])
+            unknown_one = uow.shipment(ids[-1])
+        assert kivra is not None
+        assert unknown_one is not None
+        assert kivra.channel == "mina_meddelanden"
+        assert unknown_one.channel == "print"
+    finally:
+        c.close()

@@ -77,6 +77,8 @@ class Worker:
     def run_once(self, thread_name: str | None = None) -> int:
         """Claim and work one item; return how many were worked (0 or 1). Used by tests and the loop."""
         c = self._c
+        if c.prefetch is not None:
+            c.prefetch.warm()  # many waiting letters' FaR answers in one call, before this one is decided
         with c.uow() as uow:
             claims = uow.claim(thread_name or self.name, c.clock.now(), self._lease, 1)
             uow.commit()

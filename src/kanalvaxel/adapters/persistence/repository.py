@@ -489,6 +489,20 @@ class SqlUnitOfWork:
         row = self.session.get(PrintBatchRow, batch_id)
         return None if row is None else _batch(row)
 
+    def awaiting_decision(self, now: datetime, limit: int) -> Sequence[tuple[str, str]]:
+        rows = self.session.execute(
+            select(ShipmentRow.sender_key, ShipmentRow.recipient_id)
+            .join(WorkItemRow, WorkItemRow.shipment_id == ShipmentRow.id)
+            .where(
+                WorkItemRow.status == "READY",
+                WorkItemRow.not_before <= now,
+                ShipmentRow.state == "ACCEPTED",
+            )
+            .order_by(WorkItemRow.not_before, WorkItemRow.id)
+            .limit(limit)
+        )
+        return [(r[0], r[1]) for r in rows]
+
     def print_batches(self, statuses: Sequence[str], limit: int) -> Sequence[PrintBatchRecord]:
         query = select(PrintBatchRow).order_by(PrintBatchRow.opened_at.desc(), PrintBatchRow.id).limit(limit)
         if statuses:
