@@ -1,0 +1,250 @@
+"""A volume mailing end to end: N letters through `POST /v1/shipments` into a running sandbox, until every one
+is delivered (digital to the operator simulators, or on paper in a closed print batch).
+
+`kanalvaxel serve` runs as its own process on the sandbox defaults (FaR and operator simulators, the
+embedded relay, 4 worker threads), on SQLite or PostgreSQL; 60 % of the letters go to recipients with a
+mailbox. Prints:
+  - intake: wall time and letters/s for N posts from `--clients` concurrent clients,
+  - dispatch: wall time from the first post until the last letter is final, and letters/s end to end,
+  - FaR: isReachable calls and recipients asked (from the simulator's own count),
+  - peak RSS of the service process (simulators and relay included) and of this load generator,
+  - the floor measured in this run: what the same letters need with no database and no network
+    (sign + seal of the digital ones, render + stage of the paper ones, one core), and the ratio to it.
+Usage (from the repo root): python bench/volume.py [--letters 10000] [--database URL] [--clients 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import concurrent.futures
+import datetime as dt
+import os
+import resource
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.api.helpers import PDF  # noqa: E402
+from tests.domain.factories import luhn_digit  # noqa: E402
+
+WITH_MAILBOX = ("19700101-1233", "19811218-9876")  # Kivra and Min myndighetspost in the sandbox FaR
+
+
+def recipients(n: int) -> list[str]:
+    out = []
+    for i in range(n):
+        if i % 10 < 6:
+            out.append(WITH_MAILBOX[i % 2])
+        else:
+            # A valid personnummer the sandbox FaR does not know: no mailbox, paper.
+            day = dt.date(1950, 1, 1) + dt.timedelta(days=i % 20000)
+            nine = f"{day:%y%m%d}{(i // 20000) % 100:02d}2"
+            out.append(f"{day:%Y}{nine[2:]}{luhn_digit(nine)}")
+    return out
+
+
+def body(recipient: str, i: int) -> dict[str, object]:
+    return {
+        "recipient": {
+            "id": recipient,
+            "name": "Åsa Öberg",
+            "postal_address": {
+                "lines": [f"Storgatan {i % 90 + 1}"],
+                "postal_code": "123 45",
+                "city": "Småstad",
+            },
+        },
+        "subject": f"Beslut om skolplacering {i}",
+        "body": {"content_type": "text/plain", "content": "Hej!\n\nHär kommer beslutet om skolplacering."},
+        "attachments": [{"filename": "beslut.pdf", "content_base64": base64.b64encode(PDF).decode()}],
+        "confidentiality": "public",
+        "message_type": "beslut",
+        "case_reference": f"UN 2026/{i}",
+        "support_info": {"text": "Frågor? Ring kontaktcenter.", "phone": "010-000 00 00"},
+    }
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def floor(n: int, certs: Path, tmp: Path) -> float:
+    """Seconds the same letters need on one core with no database and no network."""
+    from formedlare import mm
+    from kanalvaxel.adapters.print_file import DirectoryPrintSpool, PdfLetterRenderer
+    from kanalvaxel.ports import SenderInfo
+    from tests.integration.conftest import make_letter
+
+    sender = mm.SigningIdentity.from_pem(certs / "sender.pem", certs / "sender.key")
+    relay = mm.SigningIdentity.from_pem(certs / "relay.pem", certs / "relay.key")
+    renderer = PdfLetterRenderer()
+    spool = DirectoryPrintSpool(tmp / "floor-spool")
+    info = SenderInfo("sandbox", "2120000001", "Sandlådans kommun", ("Box 1",))
+    letter = make_letter()
+    started = time.perf_counter()
+    for i, rid in enumerate(recipients(n)):
+        if rid in WITH_MAILBOX:
+            content = mm.DeliveryContent(
+                "162120000001",
+                "Sandlådans kommun",
+                rid.replace("-", ""),
+                (
+                    mm.MessageContent(
+                        message_id=f"floor-{i}",
+                        subject="Beslut",
+                        body=b"Hej!",
+                        body_content_type="text/plain",
+                        support_text="Ring.",
+                        attachments=(mm.AttachmentContent("beslut.pdf", "application/pdf", PDF),),
+                    ),
+                ),
+            )
+            signed = mm.sign_delivery(sender, content)
+            mm.seal_delivery(relay, signed, received=dt.date.today(), signatures_ok=True)
+        else:
+            spool.stage(f"floor-{i}", renderer.render(letter, info, f"floor-{i}"))
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--letters", type=int, default=10_000)
+    ap.add_argument("--database", default=None, help="PostgreSQL URL (default: SQLite in a temporary dir)")
+    ap.add_argument("--clients", type=int, default=4)
+    args = ap.parse_args()
+    n = args.letters
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        certs = tmp / "certs"
+        from kanalvaxel.devcerts import ensure_dev_certs
+
+        ensure_dev_certs(certs)
+        db = args.database or f"sqlite:///{tmp / 'kv.db'}"
+        port = socket.create_server(("127.0.0.1", 0)).getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KANALVAXEL_")}
+        env |= {
+            "KANALVAXEL_DATABASE__URL": db,
+            "KANALVAXEL_VAR_DIR": str(tmp / "var"),
+            "KANALVAXEL_PRINT__SPOOL_DIR": str(tmp / "spool"),
+            "KANALVAXEL_DEV_CERTS_DIR": str(certs),
+            "KANALVAXEL_API__PORT": str(port),
+            "KANALVAXEL_EMAIL__ENABLED": "false",
+            "KANALVAXEL_SMS__ENABLED": "false",
+            "KANALVAXEL_LOG_LEVEL": "WARNING",
+        }
+        if args.database:
+            env["KANALVAXEL_MINA_MEDDELANDEN__RELAY_DATABASE_URL"] = db
+        log = (tmp / "serve.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kanalvaxel.entrypoints.cli", "serve"], env=env, stdout=log, stderr=log
+        )
+        peak = {"serve": 0}
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.2):
+                try:
+                    peak["serve"] = max(peak["serve"], rss(proc.pid))
+                except OSError:
+                    return
+
+        threading.Thread(target=sample, daemon=True).start()
+        try:
+            base = f"http://127.0.0.1:{port}"
+            with httpx.Client(base_url=base, timeout=30, trust_env=False) as http:
+                for _ in range(600):
+                    try:
+                        if http.get("/readyz").status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    time.sleep(0.1)
+            key = (tmp / "var" / "dev-api-key").read_text().strip()
+            far_url = __import__("json").loads((tmp / "var" / "sandbox.json").read_text())["far_url"]
+            ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+            ctx.load_cert_chain(str(certs / "client.pem"), str(certs / "client.key"))
+            stats_url = far_url.rsplit("/Recipient/v3", 1)[0] + "/_simulator/stats"
+            letters = recipients(n)
+            local = threading.local()
+
+            def post(i: int) -> int:
+                if not hasattr(local, "http"):
+                    local.http = httpx.Client(base_url=base, timeout=60, trust_env=False)
+                r = local.http.post(
+                    "/v1/shipments",
+                    json=body(letters[i], i),
+                    headers={"Authorization": f"Bearer {key}", "Idempotency-Key": f"vol-{i}"},
+                )
+                return r.status_code
+
+            started = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
+                codes = list(pool.map(post, range(n)))
+            intake = time.perf_counter() - started
+            bad = [c for c in codes if c != 202]
+            if bad:
+                raise SystemExit(f"{len(bad)} posts were refused: {sorted(set(bad))}")
+            engine = sa.create_engine(db)
+            while True:
+                with engine.connect() as conn:
+                    final = conn.execute(
+                        sa.text("SELECT count(*) FROM shipments WHERE state IN ('DELIVERED', 'FAILED')")
+                    ).scalar_one()
+                if final >= n:
+                    break
+                time.sleep(0.5)
+            total = time.perf_counter() - started
+            with engine.connect() as conn:
+                states = dict(
+                    conn.execute(sa.text("SELECT state, count(*) FROM shipments GROUP BY state")).all()
+                )
+                channels = dict(
+                    conn.execute(sa.text("SELECT channel, count(*) FROM shipments GROUP BY channel")).all()
+                )
+            engine.dispose()
+            with httpx.Client(verify=ctx, trust_env=False, timeout=10) as far:
+                stats = far.get(stats_url).json()
+        finally:
+            stop.set()
+            proc.terminate()
+            proc.wait(timeout=60)
+        reachable = [
+            k
+            for op, k in zip(stats["operations"], stats["ids_per_call"], strict=False)
+            if op == "isReachable"
+        ]
+        floor_s = floor(n, certs, tmp)
+        me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        kind = "postgresql" if args.database else "sqlite"
+        print(f"letters: {n}  database: {kind}  clients: {args.clients}")
+        print(f"intake:   {intake:8.1f} s  {n / intake:8.1f} letters/s")
+        print(
+            f"end to end: {total:6.1f} s  {n / total:8.1f} letters/s  "
+            f"(100,000 letters ≈ {100_000 / (n / total) / 60:.0f} min)"
+        )
+        print(f"states: {states}  channels: {channels}")
+        print(f"FaR isReachable: {len(reachable)} calls for {sum(reachable)} recipients")
+        print(f"peak RSS: service {peak['serve'] / 2**20:.0f} MiB, load generator {me / 2**20:.0f} MiB")
+        print(
+            f"floor (no database, no network, one core): {floor_s:.1f} s; "
+            f"end to end / floor = {total / floor_s:.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
