@@ -26,6 +26,8 @@ import functools
 import hashlib
 import json
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -273,6 +275,9 @@ class Relay:
         self._http = http
         self._clock = clock
         self.policy = policy or DeliveryPolicy()
+        self._prefetch_lock = threading.Lock()
+        self._prefetched_at = float("-inf")
+        self._asked: dict[tuple[str, str], float] = {}
         self._name = name
         self._closers: list[Callable[[], None]] = []
 
@@ -591,6 +596,54 @@ class Relay:
         return queues
 
     # ------------------------------------------------------------------------------------------ delivery
+
+    def prefetch_reachability(self, *, every: float = 0.5, limit: int = 1000, wait: float = 2.0) -> int:
+        """Ask FaR, in one call per sender for up to 1,000 recipients, about the distributions that are due,
+        so that each one's own lookup (in `deliver_next`) finds its answer in the FaR client's cache.
+
+        At most once per `every` seconds across threads; a thread that finds another prefetching waits up to
+        `wait` seconds, then goes on. Recipients asked in the last minute are not asked again (a pending
+        account is never cached). Read-only: a failed or late prefetch only costs the calls it would have
+        saved. Returns the number of recipients asked."""
+        if not self._prefetch_lock.acquire(timeout=wait):
+            return 0
+        try:
+            started = time.monotonic()
+            if started - self._prefetched_at < every:
+                return 0
+            self._prefetched_at = started
+            now = self._clock()
+            with self._sessions() as session:
+                rows = session.execute(
+                    select(DistributionRow.sender_id, DistributionRow.recipient_id)
+                    .where(
+                        DistributionRow.state == DistributionState.PENDING.value,
+                        DistributionRow.next_attempt_at <= now,
+                        or_(DistributionRow.lease_token.is_(None), DistributionRow.lease_expires_at < now),
+                    )
+                    .order_by(DistributionRow.next_attempt_at, DistributionRow.received_at)
+                    .limit(limit)
+                ).all()
+            self._asked = {k: t for k, t in self._asked.items() if started - t < 60}
+            by_sender: dict[str, list[str]] = {}
+            for sender_id, recipient_id in rows:
+                organisation = sender_id.removeprefix("16")
+                if (organisation, recipient_id) not in self._asked:
+                    by_sender.setdefault(organisation, []).append(recipient_id)
+            asked = 0
+            for organisation, ids in by_sender.items():
+                unique = list(dict.fromkeys(ids))
+                try:
+                    self._far.is_reachable(organisation, unique)
+                except FarError as exc:
+                    log.info("FaR prefetch for %d recipients failed: %s", len(unique), type(exc).__name__)
+                    continue
+                for rid in unique:
+                    self._asked[(organisation, rid)] = started
+                asked += len(unique)
+            return asked
+        finally:
+            self._prefetch_lock.release()
 
     def deliver_due(
         self, now: datetime | None = None, *, limit: int = 100, calls: OperatorCalls | None = None

@@ -178,6 +178,8 @@ class RelayWorker:
         calls = self._calls
         while not self._stopping.is_set():
             try:
+                # Many due letters' FaR answers in one call, before this thread asks for its next one.
+                self._relay.prefetch_reachability(every=self._idle)
                 worked = self._relay.deliver_next(calls=calls)
             except Exception:
                 log.exception("delivery pass failed; trying again shortly")

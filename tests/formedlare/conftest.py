@@ -129,6 +129,7 @@ class RelayFactory:
         transport: Callable[[httpx.BaseTransport], httpx.BaseTransport] | None = None,
         relayed: tuple[str, ...] = (SENDER_ORG,),
         clock: Callable[[], dt.datetime] | None = None,
+        far_cache_ttl: dt.timedelta = dt.timedelta(0),
     ) -> Relay:
         engine = make_engine(url)
         ensure_schema(engine)
@@ -140,7 +141,7 @@ class RelayFactory:
                 client_key=c / "relay-client.key",
                 ca_bundle=c / "ca.pem",
                 retries=0,
-                cache_ttl=dt.timedelta(0),
+                cache_ttl=far_cache_ttl,
             )
         )
         http = operator_http_client(

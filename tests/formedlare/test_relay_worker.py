@@ -284,3 +284,29 @@ def test_stop_returns_within_its_timeout_while_a_call_hangs_and_the_call_still_r
     _wait(_delivered(relay, [distribution_id]), timeout=20)
     assert stopped_after < 10  # the timeout (0.2 s) plus scheduling, not the call
     assert len(sims.operators["mmp"].accepted) == 1
+
+
+def test_due_letters_are_looked_up_in_far_together_before_they_are_delivered(
+    make_relay: RelayFactory, db_url: str, sims: SandboxWorld, sender: SigningIdentity
+) -> None:
+    from tests.formedlare.conftest import NO_MAILBOX_RECIPIENT
+
+    # The real clock (the worker's passes read it) and a FaR cache, as in production.
+    relay = make_relay(db_url, far_cache_ttl=dt.timedelta(minutes=5), clock=_real_now)
+    recipients = [KIVRA_RECIPIENT, MMP_RECIPIENT, NO_MAILBOX_RECIPIENT] * 10
+    ids = [relay.distribute_secure(sign(sender, r)) for r in recipients]
+    sims.far.reset_stats()
+
+    def settled() -> bool:
+        return all(relay.check_distribution_status(i).state is not DistributionState.PENDING for i in ids)
+
+    # One claim thread: with more, one that waits longer than 2 s for another's prefetch (a slow machine)
+    # would ask FaR itself, which is right in production and would only make this count flaky.
+    with RelayWorker(relay, threads=1, idle_seconds=0.05):
+        _wait(settled, 60)
+    reachable = [
+        n
+        for op, n in zip(sims.far.stats.operations, sims.far.stats.ids_per_call, strict=True)
+        if op == "isReachable"
+    ]
+    assert reachable == [3]  # 30 letters, 3 recipients: one call, and every letter found its answer cached
