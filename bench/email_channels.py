@@ -23,6 +23,7 @@ Prints figures; asserts nothing. Run (from the repo root): .venv/bin/python benc
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import os
@@ -421,6 +422,9 @@ def bench_end_to_end(pdf: bytes) -> None:
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()  # no options: --help explains what it measures
     certs = Path(tempfile.mkdtemp(prefix="email-bench-certs-"))
     ensure_dev_certs(certs)
     pdf = make_pdf(PDF_BYTES)

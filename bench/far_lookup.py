@@ -7,6 +7,7 @@ Usage (from the repo root): python bench/far_lookup.py [recipients] [max_concurr
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 import tempfile
@@ -23,8 +24,11 @@ from tests.far.conftest import personnummer
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
-    concurrency = int(sys.argv[2]) if len(sys.argv) > 2 else 4
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("recipients", type=int, nargs="?", default=10_000, help="how many (default 10,000)")
+    ap.add_argument("concurrency", type=int, nargs="?", default=4, help="calls in flight (default 4)")
+    args = ap.parse_args()
+    n, concurrency = args.recipients, args.concurrency
     ids = [personnummer(i) for i in range(n)]
     assert len(set(ids)) == n
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,6 +8,7 @@ Prints figures; asserts nothing. Run: .venv/bin/python bench/mm_sign.py
 
 from __future__ import annotations
 
+import argparse
 import copy
 import datetime as dt
 import hashlib
@@ -51,6 +52,9 @@ def rate(work: Callable[[], object]) -> float:
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()  # no options: --help explains what it measures
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {0})
     certs = Path(tempfile.mkdtemp(prefix="mm-bench-"))

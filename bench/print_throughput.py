@@ -10,6 +10,7 @@ Usage (from the repo root): python bench/print_throughput.py [letters] [postgres
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import time
@@ -27,8 +28,11 @@ from tests.integration.conftest import make_letter
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 300
-    db = sys.argv[2] if len(sys.argv) > 2 else None
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("letters", type=int, nargs="?", default=300, help="how many (default 300)")
+    ap.add_argument("database", nargs="?", default=None, help="a PostgreSQL URL (default: SQLite)")
+    args = ap.parse_args()
+    n, db = args.letters, args.database
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         certs = root / "certs"

@@ -12,10 +12,9 @@ Usage (from the repo root): python bench/request_memory.py
 
 from __future__ import annotations
 
+import argparse
 import base64
-import os
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,16 +26,10 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._service import rss, start_serve  # noqa: E402
 from tests.api.helpers import PDF, payload  # noqa: E402
 
 CHUNK = b"x" * (256 * 1024)
-
-
-def rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 class Peak:
@@ -90,34 +83,18 @@ def stream(port: int, headers: dict[str, str], total: int) -> tuple[int, int]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()  # no options: --help explains what it measures
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        port = socket.create_server(("127.0.0.1", 0)).getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KANALVAXEL_")}
-        env |= {
-            "KANALVAXEL_DATABASE__URL": f"sqlite:///{root / 'kv.db'}",
-            "KANALVAXEL_VAR_DIR": str(root / "var"),
-            "KANALVAXEL_PRINT__SPOOL_DIR": str(root / "spool"),
-            "KANALVAXEL_DEV_CERTS_DIR": str(root / "certs"),
-            "KANALVAXEL_API__PORT": str(port),
-            "KANALVAXEL_MINA_MEDDELANDEN__ENABLED": "false",
-            "KANALVAXEL_EMAIL__ENABLED": "false",
-            "KANALVAXEL_SMS__ENABLED": "false",
-            "KANALVAXEL_LOG_LEVEL": "WARNING",
-        }
-        log = (root / "serve.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kanalvaxel.entrypoints.cli", "serve"], env=env, stdout=log, stderr=log
-        )
+        from kanalvaxel.devcerts import ensure_dev_certs
+
+        ensure_dev_certs(root / "certs")
+        proc, base = start_serve(f"sqlite:///{root / 'kv.db'}", root, root / "certs")
+        port = int(base.rsplit(":", 1)[1])
         try:
-            http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, trust_env=False)
-            for _ in range(300):
-                try:
-                    if http.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.1)
+            http = httpx.Client(base_url=base, timeout=30, trust_env=False)
             key = (root / "var" / "dev-api-key").read_text().strip()
             auth = {"Authorization": f"Bearer {key}"}
             body = payload(

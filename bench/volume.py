@@ -19,11 +19,9 @@ import argparse
 import base64
 import concurrent.futures
 import datetime as dt
-import os
+import json
 import resource
-import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,6 +34,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._service import rss, start_serve  # noqa: E402
 from tests.api.helpers import PDF  # noqa: E402
 from tests.domain.factories import luhn_digit  # noqa: E402
 
@@ -74,13 +73,6 @@ def body(recipient: str, i: int) -> dict[str, object]:
         "case_reference": f"UN 2026/{i}",
         "support_info": {"text": "Frågor? Ring kontaktcenter.", "phone": "010-000 00 00"},
     }
-
-
-def rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def floor(n: int, certs: Path, tmp: Path) -> float:
@@ -122,7 +114,7 @@ def floor(n: int, certs: Path, tmp: Path) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--letters", type=int, default=10_000)
     ap.add_argument("--database", default=None, help="PostgreSQL URL (default: SQLite in a temporary dir)")
     ap.add_argument("--clients", type=int, default=4)
@@ -135,24 +127,10 @@ def main() -> None:
 
         ensure_dev_certs(certs)
         db = args.database or f"sqlite:///{tmp / 'kv.db'}"
-        port = socket.create_server(("127.0.0.1", 0)).getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KANALVAXEL_")}
-        env |= {
-            "KANALVAXEL_DATABASE__URL": db,
-            "KANALVAXEL_VAR_DIR": str(tmp / "var"),
-            "KANALVAXEL_PRINT__SPOOL_DIR": str(tmp / "spool"),
-            "KANALVAXEL_DEV_CERTS_DIR": str(certs),
-            "KANALVAXEL_API__PORT": str(port),
-            "KANALVAXEL_EMAIL__ENABLED": "false",
-            "KANALVAXEL_SMS__ENABLED": "false",
-            "KANALVAXEL_LOG_LEVEL": "WARNING",
-        }
+        settings = {"KANALVAXEL_MINA_MEDDELANDEN__ENABLED": "true"}
         if args.database:
-            env["KANALVAXEL_MINA_MEDDELANDEN__RELAY_DATABASE_URL"] = db
-        log = (tmp / "serve.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kanalvaxel.entrypoints.cli", "serve"], env=env, stdout=log, stderr=log
-        )
+            settings["KANALVAXEL_MINA_MEDDELANDEN__RELAY_DATABASE_URL"] = db
+        proc, base = start_serve(db, tmp, certs, **settings)
         peak = {"serve": 0}
         stop = threading.Event()
 
@@ -165,17 +143,8 @@ def main() -> None:
 
         threading.Thread(target=sample, daemon=True).start()
         try:
-            base = f"http://127.0.0.1:{port}"
-            with httpx.Client(base_url=base, timeout=30, trust_env=False) as http:
-                for _ in range(600):
-                    try:
-                        if http.get("/readyz").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    time.sleep(0.1)
             key = (tmp / "var" / "dev-api-key").read_text().strip()
-            far_url = __import__("json").loads((tmp / "var" / "sandbox.json").read_text())["far_url"]
+            far_url = json.loads((tmp / "var" / "sandbox.json").read_text())["far_url"]
             ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
             ctx.load_cert_chain(str(certs / "client.pem"), str(certs / "client.key"))
             stats_url = far_url.rsplit("/Recipient/v3", 1)[0] + "/_simulator/stats"

@@ -1,0 +1,42 @@
+"""What the benches that drive a running service share: start `kanalvaxel serve` on the sandbox defaults
+(as the end-to-end tests do, tests/e2e/conftest.py) and read a process's resident memory."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import httpx
+
+from tests.e2e.conftest import free_port, process_env, start, wait_ready
+
+
+def rss(pid: int) -> int:
+    """Resident memory of process `pid` in bytes (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def start_serve(
+    database_url: str, root: Path, certs: Path, **settings: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`kanalvaxel serve` in `root` (var/, spool and serve.log there), ready: (process, base URL).
+    `settings` are extra KANALVAXEL_* variables; the worker polls at its default interval (production)."""
+    port = free_port()
+    env = process_env(
+        database_url,
+        root,
+        certs,
+        KANALVAXEL_API__PORT=str(port),
+        KANALVAXEL_WORKER__POLL_INTERVAL_SECONDS="0.5",
+        KANALVAXEL_LOG_LEVEL="WARNING",
+        **settings,
+    )
+    log = root / "serve.log"
+    proc = start(["serve"], env, root, log)
+    base = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=base, timeout=30, trust_env=False) as http:
+        wait_ready(http, log)
+    return proc, base
