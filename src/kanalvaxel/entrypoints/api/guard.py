@@ -59,7 +59,8 @@ class Guard:
         started = time.perf_counter()
         where = f"{escape_controls(scope['method'])} {escape_controls(mask_identity_numbers(scope['path']))}"
         status: list[int] = []
-        body = _BodyState(scope)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        body = _BodyState(headers)
 
         async def send_and_note(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -71,7 +72,7 @@ class Guard:
             await send(message)
 
         try:
-            early = await self._refuse_early(scope)
+            early = await self._refuse_early(scope, headers)
             if early is not None:
                 await early(scope, receive, send_and_note)
             else:
@@ -88,8 +89,7 @@ class Guard:
                 "%s %d %.1f ms", where, status[0] if status else 500, (time.perf_counter() - started) * 1000
             )
 
-    async def _refuse_early(self, scope: Scope) -> Any:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    async def _refuse_early(self, scope: Scope, headers: dict[str, str]) -> Any:
         length = headers.get("content-length")
         if length is not None and length.strip().isdigit() and int(length) > self.max_body:
             return errors.problem(
@@ -132,7 +132,6 @@ class Guard:
 class _BodyState:
     """Whether a request has a body that has not been read to its end."""
 
-    def __init__(self, scope: Scope) -> None:
-        names = {k.lower(): v for k, v in scope["headers"]}
-        length = names.get(b"content-length", b"").strip()
-        self.unread = b"transfer-encoding" in names or (length.isdigit() and int(length) > 0)
+    def __init__(self, headers: dict[str, str]) -> None:
+        length = headers.get("content-length", "").strip()
+        self.unread = "transfer-encoding" in headers or (length.isdigit() and int(length) > 0)
