@@ -156,11 +156,17 @@ def one_line(field: str, value: str, *, max_length: int | None = None, required:
     return text
 
 
-def running_text(field: str, value: str, *, max_length: int | None = None) -> str:
-    """`value` checked and normalised as running text (see the module docstring)."""
+def check_running_text(field: str, value: str) -> None:
+    """Raise ValidationError if `value` holds a character running text may not hold; normalises nothing
+    (for every string of a request, base64 included, before the fields get their own rules)."""
     bad = _RUNNING_BAD.search(value)
     if bad:
         raise ValidationError(field, f"contains a character that is not allowed ({_describe(bad.group())})")
+
+
+def running_text(field: str, value: str, *, max_length: int | None = None) -> str:
+    """`value` checked and normalised as running text (see the module docstring)."""
+    check_running_text(field, value)
     text = unicodedata.normalize("NFC", _STRIP.sub("", _BREAKS.sub("\n", value)))
     if max_length is not None and len(text) > max_length:
         raise ValidationError(field, f"must be at most {max_length} characters")

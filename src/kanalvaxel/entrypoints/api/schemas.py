@@ -9,7 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kanalvaxel.domain.errors import ValidationError
 from kanalvaxel.domain.model import Channel, Confidentiality
-from kanalvaxel.domain.text import FILE_NAME_PATTERN, ONE_LINE_PATTERN, RUNNING_TEXT_PATTERN, running_text
+from kanalvaxel.domain.text import (
+    FILE_NAME_PATTERN,
+    ONE_LINE_PATTERN,
+    RUNNING_TEXT_PATTERN,
+    check_running_text,
+)
 
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 
@@ -32,7 +37,7 @@ class _In(BaseModel):
         for t in texts:
             if isinstance(t, str):
                 try:
-                    running_text("value", t)
+                    check_running_text("value", t)
                 except ValidationError as exc:
                     raise ValueError(exc.message) from None
         return value
