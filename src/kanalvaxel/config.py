@@ -72,6 +72,9 @@ class WorkerSettings(_Strict):
     threads: int = Field(default=4, ge=1, le=64)
     poll_interval_seconds: float = Field(default=0.5, gt=0)
     lease_seconds: int = Field(default=300, ge=5)
+    #: Work items a worker thread claims at once (one statement) and records together (one transaction for
+    #: the decisions and attempts, one for the outcomes; each letter in a savepoint of its own).
+    batch_size: int = Field(default=8, ge=1, le=200)
     claim_batch: int = Field(default=8, ge=1, le=1000)
     max_attempts_per_channel: int = Field(default=8, ge=1)
     backoff_base_seconds: float = Field(default=30.0, ge=0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
@@ -318,6 +319,14 @@ class UnitOfWork(Protocol):
 
     def commit(self) -> None: ...
 
+    def read_only(self) -> None:
+        """Declare, before the first statement, that this unit only reads (SQLite: no write lock taken)."""
+        ...
+
+    def savepoint(self) -> AbstractContextManager[None]:
+        """A block whose writes are undone if it raises, while the rest of the transaction stays."""
+        ...
+
     # clients
     def add_client(self, client: ClientRecord) -> None: ...
     def client_by_key_id(self, key_id: str) -> ClientRecord | None: ...
@@ -341,6 +350,16 @@ class UnitOfWork(Protocol):
     def letter_content(
         self, shipment_id: str
     ) -> tuple[Mapping[str, object], Sequence[Attachment]] | None: ...
+    def letter_contents(
+        self, shipment_ids: Sequence[str]
+    ) -> dict[str, tuple[Mapping[str, object], Sequence[Attachment]]]:
+        """`letter_content` of many shipments in two statements; ids without content are left out."""
+        ...
+
+    def shipments(self, shipment_ids: Sequence[str]) -> dict[str, ShipmentRecord]:
+        """The shipments of these ids that exist, by id."""
+        ...
+
     def save_shipment(self, shipment: ShipmentRecord) -> None: ...
     def add_event(self, shipment_id: str, event: EventRecord) -> None: ...
     def events(self, shipment_id: str) -> Sequence[EventRecord]: ...
@@ -402,7 +421,13 @@ class UnitOfWork(Protocol):
     def due_print_batches(
         self, now: datetime, max_age: timedelta, max_letters: int, max_bytes: int
     ) -> Sequence[PrintBatchRecord]:
-        """OPEN batches that are full or old enough, and CLOSING ones whose closer's lease ran out."""
+        """OPEN batches that are full or old enough, FULL ones, and CLOSING ones whose closer's lease ran
+        out."""
+        ...
+
+    def mark_print_batch_full(self, batch_id: str) -> None:
+        """An OPEN batch that reached its limits becomes FULL: it takes no more letters (the sender's next
+        letter opens a new batch) and waits to be closed."""
         ...
 
     def start_closing(self, batch_id: str, now: datetime, lease: timedelta) -> bool: ...

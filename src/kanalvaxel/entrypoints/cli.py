@@ -566,6 +566,8 @@ def print_batches_list(
         if b.status == "OPEN":
             due = max(0, max_age - int((now - opened).total_seconds()))
             when = f"closes in {due} s (or when full)" if b.letter_count else "empty"
+        elif b.status == "FULL":
+            when = "full: closes at once"
         elif b.status == "CLOSING":
             when = "being closed"
         else:

@@ -33,6 +33,7 @@ class Worker:
         self._lease = timedelta(seconds=s.lease_seconds)
         self._poll = s.poll_interval_seconds
         self._count = s.threads
+        self._batch = s.batch_size
 
     def start(self) -> None:
         for i in range(self._count):
@@ -75,21 +76,22 @@ class Worker:
         return self._stop.is_set()
 
     def run_once(self, thread_name: str | None = None) -> int:
-        """Claim and work one item; return how many were worked (0 or 1). Used by tests and the loop."""
+        """Claim a batch of due items (one statement) and work them; return how many were claimed."""
         c = self._c
         if c.prefetch is not None:
-            c.prefetch.warm()  # many waiting letters' FaR answers in one call, before this one is decided
+            c.prefetch.warm()  # many waiting letters' FaR answers in one call, before they are decided
         with c.uow() as uow:
-            claims = uow.claim(thread_name or self.name, c.clock.now(), self._lease, 1)
+            claims = uow.claim(thread_name or self.name, c.clock.now(), self._lease, self._batch)
             uow.commit()
-        dispatcher = c.dispatcher(thread_name or self.name)
-        for claim in claims:
-            if self._stop.is_set():
-                with c.uow() as uow:
+        if not claims:
+            return 0
+        if self._stop.is_set():
+            with c.uow() as uow:
+                for claim in claims:
                     uow.release(claim)
-                    uow.commit()
-                continue
-            dispatcher.process(claim)
+                uow.commit()
+            return len(claims)
+        c.dispatcher(thread_name or self.name).process_batch(claims)
         return len(claims)
 
     def _loop(self, thread_name: str) -> None:

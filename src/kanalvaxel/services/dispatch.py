@@ -11,13 +11,22 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from kanalvaxel.domain.errors import ConflictError, NotFoundError, ValidationError
 from kanalvaxel.domain.masking import mask_free_text
-from kanalvaxel.domain.model import Channel, EventType, Letter, Notice, ShipmentState, check_transition
+from kanalvaxel.domain.model import (
+    Attachment,
+    Channel,
+    EventType,
+    Letter,
+    Notice,
+    ShipmentState,
+    check_transition,
+)
 from kanalvaxel.domain.rules import CHANNEL_NAMES_SV, Decision, MailboxLookup, Policy, decide
 from kanalvaxel.ports import (
     AttemptRecord,
@@ -45,6 +54,16 @@ from kanalvaxel.services.notices import NOTICE_NAMES_SV, all_notices, notices_to
 from kanalvaxel.services.print_batches import PrintBatchCloser
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+#: Records one letter's outcome in the batch's closing transaction; names the print batches it filled in the
+#: list. Raises LeaseLostError (through `complete`) to write nothing.
+_Record = Callable[[UnitOfWork, list[str]], None]
+#: A letter's send (or other call to the outside), outside any transaction; returns how to record it.
+_Act = Callable[[], _Record]
+#: A letter's writes before its send, in the batch's first transaction; returns the send, or None when the
+#: item came to rest without one.
+_Prepare = Callable[[UnitOfWork], _Act | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +121,88 @@ class Dispatcher:
 
     def process(self, claim: Claim) -> None:
         """Work one claimed item to its next resting point. Never raises for delivery problems."""
+        self.process_batch([claim])
+
+    def process_batch(self, claims: Sequence[Claim]) -> None:
+        """Work claimed items to their next resting points, in three steps that each touch the database once
+        for the whole batch: (1) read the letters, (2) one transaction that records, per letter, its decision
+        and the attempt it is about to make, (3) send each, then (4) one transaction that records every
+        outcome. Each letter's writes run in a savepoint of their own: a letter whose lease was lost (or whose
+        recording fails) writes nothing, and the others are recorded all the same. Never raises for delivery
+        problems; a database outage propagates (UnavailableError)."""
+        if not claims:
+            return
+        ids = [c.shipment_id for c in claims]
+        with self._uow() as uow:
+            uow.read_only()
+            shipments = uow.shipments(ids)
+            contents = uow.letter_contents(ids)
+        # Whatever needs the network before a decision (FaR, certificate lookups) happens here, outside any
+        # transaction.
+        prepares: list[tuple[Claim, _Prepare]] = []
+        for c in claims:
+            try:
+                prepares.append((c, self._plan(c, shipments.get(c.shipment_id), contents.get(c.shipment_id))))
+            except Exception:  # a bug in deciding one letter: it comes back when its lease runs out
+                log.exception("work item %s could not be planned; it will be tried again", c.work_item_id)
+        acts: list[tuple[Claim, _Act]] = []
+        with self._uow() as uow:
+            for claim, prepare in prepares:
+                act = self._guarded(uow, claim, prepare)
+                if act is not None:
+                    acts.append((claim, act))
+            uow.commit()
+        self._act_and_record(acts)
+
+    def _act_and_record(self, acts: Sequence[tuple[Claim, _Act]]) -> None:
+        """Send each, then record the outcomes together. A batch whose sends take long (a slow channel) is
+        recorded in parts, and the leases of the letters still to send are renewed with them, so no letter
+        waits for its record, or runs out of lease, behind the others' sends."""
+        lease = self._settings.lease
+        part_limit = (lease / 4).total_seconds() if lease is not None else 30.0
+        records: list[tuple[Claim, _Record]] = []
+        closing: list[str] = []
+        part_started = time.monotonic()
+        for i, (claim, act) in enumerate(acts):
+            if records and time.monotonic() - part_started > part_limit:
+                self._write(records, closing, renew=[c for c, _ in acts[i:]])
+                records = []
+                part_started = time.monotonic()
+            self._failpoint("before_send")
+            record = act()
+            self._failpoint("after_send")
+            records.append((claim, record))
+        if records:
+            self._write(records, closing, renew=[])
+        if self._printing is not None:
+            for batch_id in dict.fromkeys(closing):
+                self._printing.close(batch_id)
+
+    def _write(
+        self, records: Sequence[tuple[Claim, _Record]], closing: list[str], renew: Sequence[Claim]
+    ) -> None:
+        with self._uow() as uow:
+            for claim, record in records:
+                self._guarded(uow, claim, lambda u: record(u, closing))  # noqa: B023 (called at once)
+            lease = self._settings.lease
+            if lease is not None:
+                until = self._clock.now() + lease
+                for claim in renew:
+                    self._guarded(uow, claim, lambda u: u.check_lease(claim, extend_until=until))  # noqa: B023
+            uow.commit()
+
+    def _guarded(self, uow: UnitOfWork, claim: Claim, step: Callable[[UnitOfWork], _T]) -> _T | None:
+        """Run one letter's writes in a savepoint: a lost lease, or a fault in recording this one letter,
+        undoes its writes only (its item comes back when the lease runs out)."""
         try:
-            self._process(claim)
+            with uow.savepoint():
+                return step(uow)
         except LeaseLostError:
             log.warning("lease on work item %s lost; another worker has it", claim.work_item_id)
+        except Exception:
+            log.exception("recording work item %s failed; it will be tried again", claim.work_item_id)
+            uow.ping()  # a database that is gone ends the batch (UnavailableError), not one letter at a time
+        return None
 
     def _failpoint(self, name: str) -> None:
         pause = self._settings.failpoints.get(name)
@@ -113,145 +210,160 @@ class Dispatcher:
             log.warning("failpoint %s: pausing %.1f s", name, pause)
             time.sleep(pause)
 
-    def _process(self, claim: Claim) -> None:
-        with self._uow() as uow:
-            shp = uow.shipment(claim.shipment_id)
-            content = uow.letter_content(claim.shipment_id)
+    def _plan(
+        self,
+        claim: Claim,
+        shp: ShipmentRecord | None,
+        content: tuple[Mapping[str, object], Sequence[Attachment]] | None,
+    ) -> _Prepare:
+        """What this item needs: the writes before its send (run in the batch's first transaction), which
+        return the send itself, or None when the item comes to rest without one."""
         notify = (
             shp is not None
             and shp.state == ShipmentState.DELIVERED.value
             and bool(pending_notices(shp.result))
         )
         if shp is None or content is None or (ShipmentState(shp.state).terminal and not notify):
-            with self._uow() as uow:
-                uow.complete(claim, self._clock.now())
-                uow.commit()
-            return
+            return lambda uow: uow.complete(claim, self._clock.now())
         if claim.claims > self._settings.max_claims:
             if notify:
-                self._give_up_notices(claim, shp, "Arbetet avbröts upprepade gånger.")
-            else:
-                self._give_up(claim, shp, "Arbetet avbröts upprepade gånger (arbetsprocessen kraschade).")
-            return
+                return lambda uow: self._give_up_notices(uow, claim, shp, "Arbetet avbröts upprepade gånger.")
+            return lambda uow: self._give_up(
+                uow, claim, shp, "Arbetet avbröts upprepade gånger (arbetsprocessen kraschade)."
+            )
         letter = letter_from_json(content[0], content[1])
         sender = self._senders.get(shp.sender_key)
         if sender is None:
-            self._give_up(
-                claim, shp, f"Avsändaridentiteten {shp.sender_key!r} finns inte längre i inställningarna."
-            )
-            return
-
+            reason = f"Avsändaridentiteten {shp.sender_key!r} finns inte längre i inställningarna."
+            return lambda uow: self._give_up(uow, claim, shp, reason)
         if notify:
-            self._notify(claim, shp, letter, sender)
-            return
+            return lambda uow: lambda: self._notify(claim, shp, letter, sender)
         if shp.state == ShipmentState.HANDED_OVER.value:
-            self._follow_up(claim, shp)
-            return
-
-        mailbox: MailboxLookup | None
+            return lambda uow: lambda: self._follow_up(claim, shp)
         if shp.decision is None or shp.decision.get("retry_at"):
-            decision, mailbox = self._decide(claim, shp, letter, sender)
-            if decision is None:
-                return
-        else:
-            decision, mailbox = decision_from_json(shp.decision)
+            facts = self._facts.gather(letter, sender, shp.accepted_at)
+            decision = decide(letter, facts, self._policy, self._clock.now())
 
-        channels = decision.channels
-        channel = channels[shp.channel_index]
-        adapter = self._channels.get(channel)
+            def decide_and_start(uow: UnitOfWork) -> _Act | None:
+                if not self._record_decision(uow, claim, shp, decision, facts.mailbox):
+                    return None
+                return self._start_attempt(uow, claim, shp, letter, sender, decision, facts.mailbox)
+
+            return decide_and_start
+        decided, mailbox = decision_from_json(shp.decision)
+        return lambda uow: self._start_attempt(uow, claim, shp, letter, sender, decided, mailbox)
+
+    def _start_attempt(
+        self,
+        uow: UnitOfWork,
+        claim: Claim,
+        shp: ShipmentRecord,
+        letter: Letter,
+        sender: SenderInfo,
+        decision: Decision,
+        mailbox: MailboxLookup | None,
+    ) -> _Act:
+        """Record the attempt about to be made (renewing the lease) and return the send."""
+        channel = decision.channels[shp.channel_index]
         now = self._clock.now()
         attempt_no = shp.attempts + 1
-        with self._uow() as uow:
-            lease = self._settings.lease
-            uow.check_lease(claim, extend_until=now + lease if lease is not None else None)
-            uow.start_attempt(
-                shp.id, AttemptRecord(attempt_no, channel.value, self._worker, now, None, None, None, None)
+        lease = self._settings.lease
+        uow.check_lease(claim, extend_until=now + lease if lease is not None else None)
+        uow.start_attempt(
+            shp.id, AttemptRecord(attempt_no, channel.value, self._worker, now, None, None, None, None)
+        )
+        self._move(shp, ShipmentState.SENDING)
+        shp.attempts = attempt_no
+        shp.channel = channel.value
+        shp.updated_at = now
+        uow.save_shipment(shp)
+        uow.add_event(
+            shp.id,
+            EventRecord(
+                now,
+                EventType.ATTEMPT.value,
+                f"Försök {attempt_no}: {_name(channel)}.",
+                shp.state,
+                channel.value,
+                {"attempt": attempt_no},
+            ),
+        )
+
+        def send() -> _Record:
+            adapter = self._channels.get(channel)
+            if adapter is None:
+                outcome = DeliveryOutcome(OutcomeKind.FAILED, "Kanalen är inte konfigurerad här.")
+            else:
+                job = DeliveryJob(shp.id, attempt_no, channel, letter, sender, decision, mailbox)
+                try:
+                    outcome = adapter.send(job)
+                except Exception as exc:  # an adapter bug must not lose the letter: count it as a failed try
+                    log.exception("channel %s raised for shipment %s", channel, shp.id)
+                    outcome = DeliveryOutcome(
+                        OutcomeKind.RETRY, f"Internt fel i kanalen: {type(exc).__name__}"
+                    )
+            return lambda uow, closing: self._record(
+                uow, closing, claim, shp, letter, sender, decision, channel, attempt_no, outcome
             )
-            self._move(uow, shp, ShipmentState.SENDING)
-            shp.attempts = attempt_no
-            shp.channel = channel.value
-            shp.updated_at = now
+
+        return send
+
+    # --------------------------------------------------------------------------------------- deciding
+
+    def _record_decision(
+        self,
+        uow: UnitOfWork,
+        claim: Claim,
+        shp: ShipmentRecord,
+        decision: Decision,
+        mailbox: MailboxLookup | None,
+    ) -> bool:
+        """Record the decision; True when a channel is to be tried now (else the item is at rest)."""
+        now = self._clock.now()
+        uow.check_lease(claim)
+        shp.decision = decision_to_json(decision, mailbox)
+        shp.channel_index = 0
+        shp.updated_at = now
+        details: dict[str, object] = {
+            "rule": decision.rule,
+            "channels": [c.value for c in decision.channels],
+        }
+        if decision.retry_at is not None:
+            self._move(shp, ShipmentState.RETRY_WAIT)
             uow.save_shipment(shp)
             uow.add_event(
                 shp.id,
                 EventRecord(
                     now,
-                    EventType.ATTEMPT.value,
-                    f"Försök {attempt_no}: {_name(channel)}.",
+                    EventType.DECIDED.value,
+                    f"{decision.summary()} Nytt försök {decision.retry_at:%Y-%m-%d %H:%M} UTC.",
                     shp.state,
-                    channel.value,
-                    {"attempt": attempt_no},
+                    None,
+                    {**details, "retry_at": decision.retry_at.isoformat()},
                 ),
             )
-            uow.commit()
-
-        self._failpoint("before_send")
-        if adapter is None:
-            outcome = DeliveryOutcome(OutcomeKind.FAILED, "Kanalen är inte konfigurerad här.")
-        else:
-            job = DeliveryJob(shp.id, attempt_no, channel, letter, sender, decision, mailbox)
-            try:
-                outcome = adapter.send(job)
-            except Exception as exc:  # an adapter bug must not lose the letter: count it as a failed try
-                log.exception("channel %s raised for shipment %s", channel, shp.id)
-                outcome = DeliveryOutcome(OutcomeKind.RETRY, f"Internt fel i kanalen: {type(exc).__name__}")
-        self._failpoint("after_send")
-        self._record(claim, shp, letter, sender, decision, channel, attempt_no, outcome)
-
-    # --------------------------------------------------------------------------------------- deciding
-
-    def _decide(
-        self, claim: Claim, shp: ShipmentRecord, letter: Letter, sender: SenderInfo
-    ) -> tuple[Decision | None, MailboxLookup | None]:
-        facts = self._facts.gather(letter, sender, shp.accepted_at)
-        now = self._clock.now()
-        decision = decide(letter, facts, self._policy, now)
-        with self._uow() as uow:
-            uow.check_lease(claim)
-            shp.decision = decision_to_json(decision, facts.mailbox)
-            shp.channel_index = 0
-            shp.updated_at = now
-            details: dict[str, object] = {
-                "rule": decision.rule,
-                "channels": [c.value for c in decision.channels],
-            }
-            if decision.retry_at is not None:
-                self._move(uow, shp, ShipmentState.RETRY_WAIT)
-                uow.save_shipment(shp)
-                uow.add_event(
-                    shp.id,
-                    EventRecord(
-                        now,
-                        EventType.DECIDED.value,
-                        f"{decision.summary()} Nytt försök {decision.retry_at:%Y-%m-%d %H:%M} UTC.",
-                        shp.state,
-                        None,
-                        {**details, "retry_at": decision.retry_at.isoformat()},
-                    ),
-                )
-                uow.complete(claim, now)
-                uow.enqueue(shp.id, decision.retry_at, now)
-                uow.commit()
-                return None, None
-            if not decision.channels:
-                message = f"{decision.summary()} Ingen kanal är möjlig för denna försändelse."
-                self._finish_failed(uow, shp, now, message, details)
-                uow.complete(claim, now)
-                uow.commit()
-                return None, None
-            self._move(uow, shp, ShipmentState.SENDING)
-            uow.save_shipment(shp)
-            uow.add_event(
-                shp.id,
-                EventRecord(now, EventType.DECIDED.value, decision.summary(), shp.state, None, details),
-            )
-            uow.commit()
-        return decision, facts.mailbox
+            uow.complete(claim, now)
+            uow.enqueue(shp.id, decision.retry_at, now)
+            return False
+        if not decision.channels:
+            message = f"{decision.summary()} Ingen kanal är möjlig för denna försändelse."
+            self._finish_failed(uow, shp, now, message, details)
+            uow.complete(claim, now)
+            return False
+        self._move(shp, ShipmentState.SENDING)
+        uow.save_shipment(shp)
+        uow.add_event(
+            shp.id,
+            EventRecord(now, EventType.DECIDED.value, decision.summary(), shp.state, None, details),
+        )
+        return True
 
     # -------------------------------------------------------------------------------------- recording
 
     def _record(
         self,
+        uow: UnitOfWork,
+        closing: list[str],
         claim: Claim,
         shp: ShipmentRecord,
         letter: Letter,
@@ -261,79 +373,75 @@ class Dispatcher:
         attempt_no: int,
         outcome: DeliveryOutcome,
     ) -> None:
+        """Record a send's outcome; a print batch it filled goes in `closing` (closed after the commit)."""
         now = self._clock.now()
-        close_batch: str | None = None
-        with self._uow() as uow:
-            uow.complete(claim, now)  # raises LeaseLostError: then nothing below is written
-            shp.updated_at = now
-            details: dict[str, object] = {"attempt": attempt_no, **outcome.data}
+        uow.complete(claim, now)  # raises LeaseLostError: then nothing below is written
+        shp.updated_at = now
+        details: dict[str, object] = {"attempt": attempt_no, **outcome.data}
+        if outcome.external_ref:
+            details["external_ref"] = outcome.external_ref
+        kind = outcome.kind
+        n = uow.count_attempts(shp.id, channel.value)
+        if kind is OutcomeKind.RETRY and n >= self._settings.max_attempts_per_channel:
+            kind = OutcomeKind.FAILED
+            outcome = DeliveryOutcome(
+                OutcomeKind.FAILED, f"{outcome.detail} (gav upp efter {n} försök)", outcome.external_ref
+            )
+        uow.finish_attempt(shp.id, attempt_no, now, kind.value, outcome.detail, outcome.external_ref)
+        if kind is OutcomeKind.RETRY:
+            wait = outcome.retry_after or backoff(
+                n, self._settings.backoff_base, self._settings.backoff_max, shp.id
+            )
+            at = now + wait
+            self._move(shp, ShipmentState.RETRY_WAIT)
+            uow.save_shipment(shp)
+            uow.add_event(
+                shp.id,
+                EventRecord(
+                    now,
+                    EventType.ATTEMPT.value,
+                    f"{_name(channel)}: {outcome.detail}. Nytt försök {at:%Y-%m-%d %H:%M:%S} UTC.",
+                    shp.state,
+                    channel.value,
+                    {**details, "retry_at": at.isoformat()},
+                ),
+            )
+            uow.enqueue(shp.id, at, now)
+        if kind is OutcomeKind.DELIVERED:
+            result: dict[str, object] = {"channel": channel.value, **outcome.data}
             if outcome.external_ref:
-                details["external_ref"] = outcome.external_ref
-            kind = outcome.kind
-            n = uow.count_attempts(shp.id, channel.value)
-            if kind is OutcomeKind.RETRY and n >= self._settings.max_attempts_per_channel:
-                kind = OutcomeKind.FAILED
-                outcome = DeliveryOutcome(
-                    OutcomeKind.FAILED, f"{outcome.detail} (gav upp efter {n} försök)", outcome.external_ref
-                )
-            uow.finish_attempt(shp.id, attempt_no, now, kind.value, outcome.detail, outcome.external_ref)
-            if kind is OutcomeKind.RETRY:
-                wait = outcome.retry_after or backoff(
-                    n, self._settings.backoff_base, self._settings.backoff_max, shp.id
-                )
-                at = now + wait
-                self._move(uow, shp, ShipmentState.RETRY_WAIT)
-                uow.save_shipment(shp)
-                uow.add_event(
-                    shp.id,
-                    EventRecord(
-                        now,
-                        EventType.ATTEMPT.value,
-                        f"{_name(channel)}: {outcome.detail}. Nytt försök {at:%Y-%m-%d %H:%M:%S} UTC.",
-                        shp.state,
-                        channel.value,
-                        {**details, "retry_at": at.isoformat()},
-                    ),
-                )
-                uow.enqueue(shp.id, at, now)
-            if kind is OutcomeKind.DELIVERED:
-                result: dict[str, object] = {"channel": channel.value, **outcome.data}
-                if outcome.external_ref:
-                    result["external_ref"] = outcome.external_ref
-                self._delivered(uow, shp, decision, channel, outcome.detail, result, now, details)
-            elif kind is OutcomeKind.HANDED_OVER:
-                message = f"Överlämnad: {_name(channel)}. {outcome.detail}"
-                if channel is Channel.PRINT:
-                    batch, seq = self._assign_print(uow, shp, letter, sender, outcome, now)
-                    shp.result = {"channel": channel.value, "print_batch": batch.id, "sequence": seq}
-                    details.update(print_batch=batch.id, sequence=seq)
-                    message = (
-                        f"Lagd i tryckfil {batch.id} som brev nummer {seq}; skickas när tryckfilen stängs."
-                    )
-                    if self._printing is not None and self._printing.is_full(batch):
-                        close_batch = batch.id
-                else:
-                    shp.result = {
-                        "channel": channel.value,
-                        **outcome.data,
-                        "external_ref": outcome.external_ref,
-                        "handed_over_at": now.isoformat(),
-                    }
-                    if isinstance(adapter := self._channels.get(channel), FollowUpChannel):
-                        uow.enqueue(shp.id, now + adapter.follow_up_after(timedelta(0)), now)
-                self._move(uow, shp, ShipmentState.HANDED_OVER)
-                uow.save_shipment(shp)
-                uow.add_event(
-                    shp.id,
-                    EventRecord(now, EventType.HANDED_OVER.value, message, shp.state, channel.value, details),
-                )
-            elif kind is OutcomeKind.FAILED:
-                self._fall_back(uow, shp, decision, channel, outcome.detail, now, details)
-            uow.commit()
-        if close_batch is not None and self._printing is not None:
-            self._printing.close(close_batch)
+                result["external_ref"] = outcome.external_ref
+            self._delivered(uow, shp, decision, channel, outcome.detail, result, now, details)
+        elif kind is OutcomeKind.HANDED_OVER:
+            message = f"Överlämnad: {_name(channel)}. {outcome.detail}"
+            if channel is Channel.PRINT:
+                batch, seq = self._assign_print(uow, shp, letter, sender, outcome, now)
+                shp.result = {"channel": channel.value, "print_batch": batch.id, "sequence": seq}
+                details.update(print_batch=batch.id, sequence=seq)
+                message = f"Lagd i tryckfil {batch.id} som brev nummer {seq}; skickas när tryckfilen stängs."
+                if self._printing is not None and self._printing.is_full(batch):
+                    # Full now: the next letter, even in this same transaction, opens a new batch.
+                    uow.mark_print_batch_full(batch.id)
+                    closing.append(batch.id)
+            else:
+                shp.result = {
+                    "channel": channel.value,
+                    **outcome.data,
+                    "external_ref": outcome.external_ref,
+                    "handed_over_at": now.isoformat(),
+                }
+                if isinstance(adapter := self._channels.get(channel), FollowUpChannel):
+                    uow.enqueue(shp.id, now + adapter.follow_up_after(timedelta(0)), now)
+            self._move(shp, ShipmentState.HANDED_OVER)
+            uow.save_shipment(shp)
+            uow.add_event(
+                shp.id,
+                EventRecord(now, EventType.HANDED_OVER.value, message, shp.state, channel.value, details),
+            )
+        elif kind is OutcomeKind.FAILED:
+            self._fall_back(uow, shp, decision, channel, outcome.detail, now, details)
 
-    def _follow_up(self, claim: Claim, shp: ShipmentRecord) -> None:
+    def _follow_up(self, claim: Claim, shp: ShipmentRecord) -> _Record:
         """Ask the channel that took the letter how it went; record the end or ask again later."""
         result = shp.result or {}
         channel = Channel(str(shp.channel))
@@ -342,17 +450,15 @@ class Dispatcher:
         if not isinstance(adapter, FollowUpChannel) or not isinstance(ref, str) or shp.decision is None:
             # Nothing can report on it any more (e.g. the channel was switched off): leave it handed over,
             # visible as such, rather than guess.
-            with self._uow() as uow:
-                uow.complete(claim, self._clock.now())
-                uow.commit()
             log.warning("shipment %s is handed over to %s, which cannot be followed up", shp.id, channel)
-            return
+            return lambda uow, _closing: uow.complete(claim, self._clock.now())
         outcome = adapter.follow_up(shp.id, ref)
-        now = self._clock.now()
         decision, _ = decision_from_json(shp.decision)
         since = result.get("handed_over_at")
         handed_over_at = datetime.fromisoformat(since) if isinstance(since, str) else shp.updated_at
-        with self._uow() as uow:
+
+        def record(uow: UnitOfWork, _closing: list[str]) -> None:
+            now = self._clock.now()
             uow.complete(claim, now)
             details: dict[str, object] = {"external_ref": ref, **outcome.data}
             if outcome.kind is OutcomeKind.DELIVERED:
@@ -365,7 +471,8 @@ class Dispatcher:
             else:
                 wait = outcome.retry_after or adapter.follow_up_after(now - handed_over_at)
                 uow.enqueue(shp.id, now + wait, now)
-            uow.commit()
+
+        return record
 
     def _delivered(
         self,
@@ -379,7 +486,7 @@ class Dispatcher:
         details: dict[str, object],
     ) -> None:
         """Record the delivery; notices that go with `channel` are queued in the same transaction."""
-        self._move(uow, shp, ShipmentState.DELIVERED)
+        self._move(shp, ShipmentState.DELIVERED)
         shp.finished_at = now
         notices = notices_to_send(decision, channel)
         if notices:
@@ -448,7 +555,7 @@ class Dispatcher:
         nxt = shp.channel_index + 1
         if nxt < len(channels):
             shp.channel_index = nxt
-            self._move(uow, shp, ShipmentState.SENDING)
+            self._move(shp, ShipmentState.SENDING)
             uow.save_shipment(shp)
             uow.add_event(
                 shp.id,
@@ -480,7 +587,7 @@ class Dispatcher:
 
     # ---------------------------------------------------------------------------------------- notices
 
-    def _notify(self, claim: Claim, shp: ShipmentRecord, letter: Letter, sender: SenderInfo) -> None:
+    def _notify(self, claim: Claim, shp: ShipmentRecord, letter: Letter, sender: SenderInfo) -> _Record:
         """Send the notices (SMS) of a delivered letter. The letter's own state never changes here."""
         outcomes: dict[str, DeliveryOutcome] = {}
         for kind, state in pending_notices(shp.result).items():
@@ -495,8 +602,9 @@ class Dispatcher:
             except Exception as exc:  # an adapter bug: try again later rather than lose the notice
                 log.exception("notice %s raised for shipment %s", kind, shp.id)
                 outcomes[kind] = DeliveryOutcome(OutcomeKind.RETRY, f"Internt fel: {type(exc).__name__}")
-        now = self._clock.now()
-        with self._uow() as uow:
+
+        def record(uow: UnitOfWork, _closing: list[str]) -> None:
+            now = self._clock.now()
             uow.complete(claim, now)
             notices = all_notices(shp.result)
             retry_at: datetime | None = None
@@ -538,29 +646,28 @@ class Dispatcher:
             uow.save_shipment(shp)
             if retry_at is not None:
                 uow.enqueue(shp.id, retry_at, now)
-            uow.commit()
 
-    def _give_up_notices(self, claim: Claim, shp: ShipmentRecord, reason: str) -> None:
+        return record
+
+    def _give_up_notices(self, uow: UnitOfWork, claim: Claim, shp: ShipmentRecord, reason: str) -> None:
         now = self._clock.now()
-        with self._uow() as uow:
-            uow.complete(claim, now)
-            notices = all_notices(shp.result)
-            for kind in pending_notices(shp.result):
-                notices[kind] = {**notices[kind], "state": "FAILED", "detail": reason}
-                uow.add_event(
-                    shp.id,
-                    EventRecord(
-                        now,
-                        EventType.NOTICE.value,
-                        f"{NOTICE_NAMES_SV.get(Notice(kind), kind)} skickades inte: {reason}",
-                        shp.state,
-                        shp.channel,
-                        {"notice": kind, "claims": claim.claims},
-                    ),
-                )
-            shp.result = {**(shp.result or {}), "notices": notices}
-            uow.save_shipment(shp)
-            uow.commit()
+        uow.complete(claim, now)
+        notices = all_notices(shp.result)
+        for kind in pending_notices(shp.result):
+            notices[kind] = {**notices[kind], "state": "FAILED", "detail": reason}
+            uow.add_event(
+                shp.id,
+                EventRecord(
+                    now,
+                    EventType.NOTICE.value,
+                    f"{NOTICE_NAMES_SV.get(Notice(kind), kind)} skickades inte: {reason}",
+                    shp.state,
+                    shp.channel,
+                    {"notice": kind, "claims": claim.claims},
+                ),
+            )
+        shp.result = {**(shp.result or {}), "notices": notices}
+        uow.save_shipment(shp)
 
     # ------------------------------------------------------------------------------- operator decisions
 
@@ -617,14 +724,14 @@ class Dispatcher:
     # ---------------------------------------------------------------------------------------- helpers
 
     @staticmethod
-    def _move(uow: UnitOfWork, shp: ShipmentRecord, new: ShipmentState) -> None:
+    def _move(shp: ShipmentRecord, new: ShipmentState) -> None:
         check_transition(ShipmentState(shp.state), new)
         shp.state = new.value
 
     def _finish_failed(
         self, uow: UnitOfWork, shp: ShipmentRecord, now: datetime, message: str, details: dict[str, object]
     ) -> None:
-        self._move(uow, shp, ShipmentState.FAILED)
+        self._move(shp, ShipmentState.FAILED)
         shp.finished_at = now
         shp.updated_at = now
         shp.result = {"failure": message}
@@ -633,12 +740,10 @@ class Dispatcher:
             shp.id, EventRecord(now, EventType.FAILED.value, message, shp.state, shp.channel, details)
         )
 
-    def _give_up(self, claim: Claim, shp: ShipmentRecord, message: str) -> None:
+    def _give_up(self, uow: UnitOfWork, claim: Claim, shp: ShipmentRecord, message: str) -> None:
         now = self._clock.now()
-        with self._uow() as uow:
-            uow.complete(claim, now)
-            self._finish_failed(uow, shp, now, message, {"claims": claim.claims})
-            uow.commit()
+        uow.complete(claim, now)
+        self._finish_failed(uow, shp, now, message, {"claims": claim.claims})
         log.error("shipment %s failed: %s", shp.id, message)
 
 

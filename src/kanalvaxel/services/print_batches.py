@@ -65,7 +65,7 @@ class PrintBatchCloser:
     def batches(self, *, include_closed: bool = False, limit: int = 100) -> list[PrintBatchRecord]:
         """Batches newest first: those still collecting or being closed, and closed ones if asked."""
         with self._uow() as uow:
-            return list(uow.print_batches(() if include_closed else ("OPEN", "CLOSING"), limit))
+            return list(uow.print_batches(() if include_closed else ("OPEN", "FULL", "CLOSING"), limit))
 
     def close_now(self, batch_id: str) -> str:
         """An operator's "send what is collected now": close an open batch at once, whatever its age.
@@ -89,7 +89,7 @@ class PrintBatchCloser:
     def close_all_open(self) -> list[str]:
         """Close every open batch that holds letters, now. Returns the published paths."""
         with self._uow() as uow:
-            open_ = uow.print_batches(("OPEN",), 10_000)
+            open_ = uow.print_batches(("OPEN", "FULL"), 10_000)
         return [p for b in open_ if b.letter_count > 0 and (p := self.close(b.id)) is not None]
 
     def close(self, batch_id: str) -> str | None:

@@ -57,4 +57,7 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A unit of work that only reads (repository.READ_ONLY) needs no write lock: a deferred BEGIN reads a
+        # snapshot while writers go on.
+        read_only = conn.get_execution_options().get("kanalvaxel_read_only", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

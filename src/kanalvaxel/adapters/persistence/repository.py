@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,6 +43,8 @@ from kanalvaxel.ports import (
 )
 
 _SHIPMENT_FIELDS = tuple(ShipmentRecord.__dataclass_fields__)
+#: The execution option that marks a read-only unit of work (database.py begins it without a write lock).
+READ_ONLY = "kanalvaxel_read_only"
 
 
 def _client(row: ApiClient) -> ClientRecord:
@@ -138,6 +141,16 @@ class SqlUnitOfWork:
     def commit(self) -> None:
         self.session.commit()
 
+    def read_only(self) -> None:
+        """This unit only reads: on SQLite it begins without the write lock (writers go on meanwhile)."""
+        self.session.connection(execution_options={READ_ONLY: True})
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """What the block writes is undone if it raises (the rest of the transaction stays)."""
+        with self.session.begin_nested():
+            yield
+
     # ----------------------------------------------------------------------------------------- clients
 
     def add_client(self, client: ClientRecord) -> None:
@@ -232,9 +245,38 @@ class SqlUnitOfWork:
         )
         return content.letter, [Attachment(r.filename, r.content, r.content_type) for r in rows]
 
+    def letter_contents(
+        self, shipment_ids: Sequence[str]
+    ) -> dict[str, tuple[Mapping[str, object], Sequence[Attachment]]]:
+        ids = list(shipment_ids)
+        out: dict[str, tuple[Mapping[str, object], list[Attachment]]] = {}
+        for sid, letter in self.session.execute(
+            select(ShipmentContentRow.shipment_id, ShipmentContentRow.letter).where(
+                ShipmentContentRow.shipment_id.in_(ids)
+            )
+        ):
+            out[sid] = (letter, [])
+        for sid, filename, content, content_type in self.session.execute(
+            select(
+                AttachmentRow.shipment_id,
+                AttachmentRow.filename,
+                AttachmentRow.content,
+                AttachmentRow.content_type,
+            )
+            .where(AttachmentRow.shipment_id.in_(ids))
+            .order_by(AttachmentRow.shipment_id, AttachmentRow.position)
+        ):
+            if sid in out:
+                out[sid][1].append(Attachment(filename, content, content_type))
+        return dict(out)
+
+    def shipments(self, shipment_ids: Sequence[str]) -> dict[str, ShipmentRecord]:
+        rows = self.session.scalars(select(ShipmentRow).where(ShipmentRow.id.in_(list(shipment_ids))))
+        return {row.id: _shipment(row) for row in rows}
+
     def save_shipment(self, shipment: ShipmentRecord) -> None:
-        values = asdict(shipment)
-        values.pop("id")
+        # Field by field, not dataclasses.asdict: that deep-copies the decision and result on every save.
+        values = {f: getattr(shipment, f) for f in _SHIPMENT_FIELDS if f != "id"}
         self.session.execute(update(ShipmentRow).where(ShipmentRow.id == shipment.id).values(**values))
 
     def add_event(self, shipment_id: str, event: EventRecord) -> None:
@@ -452,17 +494,25 @@ class SqlUnitOfWork:
                         | (PrintBatchRow.opened_at <= now - max_age)
                     )
                 )
+                | (PrintBatchRow.status == "FULL")
                 | ((PrintBatchRow.status == "CLOSING") & (PrintBatchRow.lease_expires_at < now))
             )
         )
         return [_batch(r) for r in rows]
+
+    def mark_print_batch_full(self, batch_id: str) -> None:
+        self.session.execute(
+            update(PrintBatchRow)
+            .where(PrintBatchRow.id == batch_id, PrintBatchRow.status == "OPEN")
+            .values(status="FULL")
+        )
 
     def start_closing(self, batch_id: str, now: datetime, lease: timedelta) -> bool:
         res = self.session.execute(
             update(PrintBatchRow)
             .where(
                 PrintBatchRow.id == batch_id,
-                (PrintBatchRow.status == "OPEN")
+                PrintBatchRow.status.in_(("OPEN", "FULL"))
                 | ((PrintBatchRow.status == "CLOSING") & (PrintBatchRow.lease_expires_at < now)),
             )
             .values(status="CLOSING", closing_at=now, lease_expires_at=now + lease)

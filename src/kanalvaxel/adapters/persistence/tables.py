@@ -206,7 +206,7 @@ class PrintBatchRow(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     sender_key: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16))  # OPEN, CLOSING, CLOSED
+    status: Mapped[str] = mapped_column(String(16))  # OPEN, FULL, CLOSING, CLOSED
     opened_at: Mapped[datetime]
     closing_at: Mapped[datetime | None]
     closed_at: Mapped[datetime | None]
