@@ -70,6 +70,9 @@ class DatabaseSettings(_Strict):
 
 class WorkerSettings(_Strict):
     threads: int = Field(default=4, ge=1, le=64)
+    #: Worker processes (`kanalvaxel worker` and `serve`): more than one runs that many child processes, each
+    #: with `threads` threads, so dispatching uses more than one core.
+    processes: int = Field(default=1, ge=1, le=64)
     poll_interval_seconds: float = Field(default=0.5, gt=0)
     lease_seconds: int = Field(default=300, ge=5)
     #: Work items a worker thread claims at once (one statement) and records together (one transaction for

@@ -144,17 +144,27 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Listen address (default from settings).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default from settings).")] = None,
     embedded_worker: Annotated[bool, typer.Option(help="Run a worker in the same process.")] = True,
+    processes: Annotated[
+        int | None,
+        typer.Option(min=1, help="Worker processes beside the API (default: worker.processes)."),
+    ] = None,
 ) -> None:
-    """Run the REST API (and, by default, an embedded worker)."""
+    """Run the REST API (and, by default, a worker: in this process, or as child processes)."""
     import uvicorn
 
     from kanalvaxel.entrypoints.api.app import create_app
+    from kanalvaxel.entrypoints.processes import WorkerProcesses, child_environment
     from kanalvaxel.entrypoints.worker import Worker
 
     settings = _settings()
     _warn_defaults(settings)
     container = _prepare(settings, outside_world=True)
-    worker = Worker(container) if embedded_worker else None
+    count = processes or settings.worker.processes
+    worker: Worker | WorkerProcesses | None = None
+    if embedded_worker and count > 1:
+        worker = WorkerProcesses(count, child_environment(container), _process_grace(settings))
+    elif embedded_worker:
+        worker = Worker(container)
     app_ = create_app(
         container,
         on_startup=worker.start if worker else None,
@@ -186,9 +196,19 @@ def serve(
     container.close()
 
 
+def _process_grace(settings: Settings) -> float:
+    """How long a parent waits for its worker processes to stop before killing them."""
+    return settings.worker.shutdown_grace_seconds + 5.0
+
+
 @app.command()
-def worker() -> None:
+def worker(
+    processes: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes to run (default: worker.processes).")
+    ] = None,
+) -> None:
     """Run a worker only (to scale out beside `serve --no-embedded-worker`)."""
+    from kanalvaxel.entrypoints.processes import WorkerProcesses, child_environment
     from kanalvaxel.entrypoints.worker import Worker
 
     done = threading.Event()
@@ -203,12 +223,21 @@ def worker() -> None:
     settings = _settings()
     _warn_defaults(settings)
     container = _prepare(settings, outside_world=True)
-    w = Worker(container)
+    count = processes or settings.worker.processes
+    w: Worker | WorkerProcesses
+    if count > 1:
+        # The children share what this process started (simulators, migrations); it does no work itself.
+        w = WorkerProcesses(count, child_environment(container), _process_grace(settings))
+    else:
+        w = Worker(container)
     if done.is_set():
         container.close()
         return
     w.start()
-    print(f"worker {w.name} running", flush=True)
+    print(
+        f"worker {w.name} running" if isinstance(w, Worker) else f"{count} worker processes running",
+        flush=True,
+    )
     done.wait()
     w.stop()
     container.close()
