@@ -19,6 +19,21 @@ def rss(pid: int) -> int:
     return 0
 
 
+def tree_rss(pid: int) -> int:
+    """Resident memory of `pid` and all its descendants (worker processes, ...) in bytes."""
+    total = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += rss(p)
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
 def start_serve(
     database_url: str, root: Path, certs: Path, **settings: str
 ) -> tuple[subprocess.Popen[bytes], str]:

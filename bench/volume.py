@@ -34,7 +34,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._service import rss, start_serve  # noqa: E402
+from bench._service import start_serve, tree_rss  # noqa: E402
 from tests.api.helpers import PDF  # noqa: E402
 from tests.domain.factories import luhn_digit  # noqa: E402
 
@@ -118,6 +118,8 @@ def main() -> None:
     ap.add_argument("--letters", type=int, default=10_000)
     ap.add_argument("--database", default=None, help="PostgreSQL URL (default: SQLite in a temporary dir)")
     ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--processes", type=int, default=1, help="worker processes beside the API (serve)")
+    ap.add_argument("--threads", type=int, default=4, help="threads per worker process")
     args = ap.parse_args()
     n = args.letters
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -127,7 +129,11 @@ def main() -> None:
 
         ensure_dev_certs(certs)
         db = args.database or f"sqlite:///{tmp / 'kv.db'}"
-        settings = {"KANALVAXEL_MINA_MEDDELANDEN__ENABLED": "true"}
+        settings = {
+            "KANALVAXEL_MINA_MEDDELANDEN__ENABLED": "true",
+            "KANALVAXEL_WORKER__PROCESSES": str(args.processes),
+            "KANALVAXEL_WORKER__THREADS": str(args.threads),
+        }
         if args.database:
             settings["KANALVAXEL_MINA_MEDDELANDEN__RELAY_DATABASE_URL"] = db
         proc, base = start_serve(db, tmp, certs, **settings)
@@ -137,7 +143,7 @@ def main() -> None:
         def sample() -> None:
             while not stop.wait(0.2):
                 try:
-                    peak["serve"] = max(peak["serve"], rss(proc.pid))
+                    peak["serve"] = max(peak["serve"], tree_rss(proc.pid))
                 except OSError:
                     return
 
@@ -200,7 +206,10 @@ def main() -> None:
         floor_s = floor(n, certs, tmp)
         me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         kind = "postgresql" if args.database else "sqlite"
-        print(f"letters: {n}  database: {kind}  clients: {args.clients}")
+        print(
+            f"letters: {n}  database: {kind}  clients: {args.clients}  "
+            f"worker processes: {args.processes} x {args.threads} threads"
+        )
         print(f"intake:   {intake:8.1f} s  {n / intake:8.1f} letters/s")
         print(
             f"end to end: {total:6.1f} s  {n / total:8.1f} letters/s  "
@@ -208,7 +217,10 @@ def main() -> None:
         )
         print(f"states: {states}  channels: {channels}")
         print(f"FaR isReachable: {len(reachable)} calls for {sum(reachable)} recipients")
-        print(f"peak RSS: service {peak['serve'] / 2**20:.0f} MiB, load generator {me / 2**20:.0f} MiB")
+        print(
+            f"peak RSS: service with its worker processes {peak['serve'] / 2**20:.0f} MiB, "
+            f"load generator {me / 2**20:.0f} MiB"
+        )
         print(
             f"floor (no database, no network, one core): {floor_s:.1f} s; "
             f"end to end / floor = {total / floor_s:.1f}"

@@ -26,9 +26,12 @@ from tests.e2e.conftest import (
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.parametrize("processes", [1, 2], ids=["in-process-worker", "two-worker-processes"])
 def test_serve_delivers_digital_mail_to_the_operator_far_names(
-    db_url: str, tmp_path: Path, dev_certs: Path
+    db_url: str, tmp_path: Path, dev_certs: Path, processes: int
 ) -> None:
+    # With worker processes, the letters are signed and relayed in children that use the simulators the
+    # serving process started (their addresses passed on), not simulators of their own.
     port = free_port()
     log = tmp_path / "serve.log"
     env = process_env(
@@ -39,6 +42,7 @@ def test_serve_delivers_digital_mail_to_the_operator_far_names(
         KANALVAXEL_MINA_MEDDELANDEN__ENABLED="true",
         KANALVAXEL_MINA_MEDDELANDEN__STATUS_POLL_SECONDS="0.2",
         KANALVAXEL_MINA_MEDDELANDEN__STATUS_POLL_MAX_SECONDS="1",
+        KANALVAXEL_WORKER__PROCESSES=str(processes),
     )
     if db_url.startswith("postgresql"):  # the relay's buffer beside ours
         env["KANALVAXEL_MINA_MEDDELANDEN__RELAY_DATABASE_URL"] = db_url

@@ -318,9 +318,10 @@ class Dispatcher:
         decision: Decision,
         mailbox: MailboxLookup | None,
     ) -> bool:
-        """Record the decision; True when a channel is to be tried now (else the item is at rest)."""
+        """Record the decision. True: a channel is to be tried now, and `_start_attempt` follows in this
+        transaction (it checks the lease and saves the shipment for both). False: the item is at rest
+        (`complete` checked the lease)."""
         now = self._clock.now()
-        uow.check_lease(claim)
         shp.decision = decision_to_json(decision, mailbox)
         shp.channel_index = 0
         shp.updated_at = now
@@ -351,7 +352,6 @@ class Dispatcher:
             uow.complete(claim, now)
             return False
         self._move(shp, ShipmentState.SENDING)
-        uow.save_shipment(shp)
         uow.add_event(
             shp.id,
             EventRecord(now, EventType.DECIDED.value, decision.summary(), shp.state, None, details),

@@ -43,6 +43,18 @@ from kanalvaxel.ports import (
 )
 
 _SHIPMENT_FIELDS = tuple(ShipmentRecord.__dataclass_fields__)
+#: What the dispatcher changes on a shipment; the rest is fixed at intake. Saving only these keeps the
+#: UPDATE off the indexes of the fixed columns (SQLite rewrites every index a SET clause names).
+_MUTABLE_FIELDS = (
+    "state",
+    "channel",
+    "channel_index",
+    "decision",
+    "result",
+    "attempts",
+    "updated_at",
+    "finished_at",
+)
 #: The execution option that marks a read-only unit of work (database.py begins it without a write lock).
 READ_ONLY = "kanalvaxel_read_only"
 
@@ -276,7 +288,7 @@ class SqlUnitOfWork:
 
     def save_shipment(self, shipment: ShipmentRecord) -> None:
         # Field by field, not dataclasses.asdict: that deep-copies the decision and result on every save.
-        values = {f: getattr(shipment, f) for f in _SHIPMENT_FIELDS if f != "id"}
+        values = {f: getattr(shipment, f) for f in _MUTABLE_FIELDS}
         self.session.execute(update(ShipmentRow).where(ShipmentRow.id == shipment.id).values(**values))
 
     def add_event(self, shipment_id: str, event: EventRecord) -> None:
@@ -451,17 +463,24 @@ class SqlUnitOfWork:
                 continue
             # Taking the row lock here orders us against a closer: if it marked the batch CLOSING first,
             # the WHERE no longer holds after the lock is ours, and we try the next open batch.
-            seq = self.session.execute(
+            taken = self.session.execute(
                 update(PrintBatchRow)
                 .where(PrintBatchRow.id == batch_id, PrintBatchRow.status == "OPEN")
                 .values(
                     letter_count=PrintBatchRow.letter_count + 1,
                     total_bytes=PrintBatchRow.total_bytes + staged.size_bytes,
                 )
-                .returning(PrintBatchRow.letter_count)
-            ).scalar()
-            if seq is None:
+                .returning(
+                    PrintBatchRow.sender_key,
+                    PrintBatchRow.status,
+                    PrintBatchRow.opened_at,
+                    PrintBatchRow.letter_count,
+                    PrintBatchRow.total_bytes,
+                )
+            ).first()
+            if taken is None:
                 continue
+            seq = taken.letter_count
             self.session.add(
                 PrintItemRow(
                     shipment_id=shipment_id,
@@ -474,10 +493,16 @@ class SqlUnitOfWork:
                 )
             )
             self.session.flush()
-            row = self.session.get(PrintBatchRow, batch_id)
-            assert row is not None
-            self.session.refresh(row)
-            return _batch(row), seq
+            assigned = PrintBatchRecord(
+                id=batch_id,
+                sender_key=taken.sender_key,
+                status=taken.status,
+                opened_at=taken.opened_at,
+                letter_count=taken.letter_count,
+                total_bytes=taken.total_bytes,
+                path=None,
+            )
+            return assigned, seq
         raise RuntimeError("could not find or open a print batch after 10 tries")
 
     def due_print_batches(
