@@ -7,9 +7,9 @@ import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import CursorResult, Engine, Table, Update, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -55,6 +55,10 @@ _MUTABLE_FIELDS = (
     "updated_at",
     "finished_at",
 )
+_NO_SYNC = {"synchronize_session": False}
+_EVENTS = cast(Table, EventRow.__table__)
+_ATTEMPTS = cast(Table, AttemptRow.__table__)
+_WORK_ITEMS = cast(Table, WorkItemRow.__table__)
 #: The execution option that marks a read-only unit of work (database.py begins it without a write lock).
 READ_ONLY = "kanalvaxel_read_only"
 
@@ -153,6 +157,11 @@ class SqlUnitOfWork:
     def commit(self) -> None:
         self.session.commit()
 
+    def _update(self, stmt: Update) -> CursorResult[Any]:
+        """An UPDATE that leaves the session's objects alone: this unit of work hands out records, not ORM
+        objects, so the ORM's matching of loaded objects against the WHERE clause is pure cost."""
+        return cast("CursorResult[Any]", self.session.execute(stmt, execution_options=_NO_SYNC))
+
     def read_only(self) -> None:
         """This unit only reads: on SQLite it begins without the write lock (writers go on meanwhile)."""
         self.session.connection(execution_options={READ_ONLY: True})
@@ -191,12 +200,12 @@ class SqlUnitOfWork:
         return [_client(r) for r in self.session.scalars(select(ApiClient).order_by(ApiClient.created_at))]
 
     def revoke_client(self, name: str, at: datetime) -> bool:
-        res = self.session.execute(
+        res = self._update(
             update(ApiClient)
             .where(ApiClient.name == name, ApiClient.revoked_at.is_(None))
             .values(revoked_at=at)
         )
-        return bool(res.rowcount)  # type: ignore[attr-defined]
+        return bool(res.rowcount)
 
     # --------------------------------------------------------------------------------------- shipments
 
@@ -289,11 +298,13 @@ class SqlUnitOfWork:
     def save_shipment(self, shipment: ShipmentRecord) -> None:
         # Field by field, not dataclasses.asdict: that deep-copies the decision and result on every save.
         values = {f: getattr(shipment, f) for f in _MUTABLE_FIELDS}
-        self.session.execute(update(ShipmentRow).where(ShipmentRow.id == shipment.id).values(**values))
+        self._update(update(ShipmentRow).where(ShipmentRow.id == shipment.id).values(**values))
 
     def add_event(self, shipment_id: str, event: EventRecord) -> None:
-        self.session.add(
-            EventRow(
+        # Core inserts (here and for attempts and work items): written at once, in order, without the ORM's
+        # unit-of-work bookkeeping for rows this session never reads back as objects.
+        self.session.execute(
+            insert(_EVENTS).values(
                 shipment_id=shipment_id,
                 at=event.at,
                 type=event.type,
@@ -329,8 +340,8 @@ class SqlUnitOfWork:
         ]
 
     def start_attempt(self, shipment_id: str, attempt: AttemptRecord) -> None:
-        self.session.add(
-            AttemptRow(
+        self.session.execute(
+            insert(_ATTEMPTS).values(
                 shipment_id=shipment_id,
                 attempt_no=attempt.attempt_no,
                 channel=attempt.channel,
@@ -338,7 +349,6 @@ class SqlUnitOfWork:
                 started_at=attempt.started_at,
             )
         )
-        self.session.flush()
 
     def finish_attempt(
         self,
@@ -349,7 +359,7 @@ class SqlUnitOfWork:
         detail: str,
         external_ref: str | None,
     ) -> None:
-        self.session.execute(
+        self._update(
             update(AttemptRow)
             .where(AttemptRow.shipment_id == shipment_id, AttemptRow.attempt_no == attempt_no)
             .values(finished_at=finished_at, outcome=outcome, detail=detail[:2000], external_ref=external_ref)
@@ -393,12 +403,11 @@ class SqlUnitOfWork:
     # ------------------------------------------------------------------------------------------ outbox
 
     def enqueue(self, shipment_id: str, not_before: datetime, now: datetime) -> None:
-        self.session.add(
-            WorkItemRow(
+        self.session.execute(
+            insert(_WORK_ITEMS).values(
                 shipment_id=shipment_id, status="READY", not_before=not_before, claims=0, created_at=now
             )
         )
-        self.session.flush()
 
     def claim(self, worker: str, now: datetime, lease: timedelta, limit: int) -> Sequence[Claim]:
         return outbox.claim(self.session, worker, now, lease, limit)
@@ -411,12 +420,12 @@ class SqlUnitOfWork:
         )
 
     def complete(self, claim: Claim, now: datetime) -> None:
-        res = self.session.execute(
+        res = self._update(
             update(WorkItemRow)
             .where(self._ours(claim))
             .values(status="DONE", done_at=now, lease_expires_at=None)
         )
-        if res.rowcount != 1:  # type: ignore[attr-defined]
+        if res.rowcount != 1:
             raise LeaseLostError(str(claim.work_item_id))
 
     def check_lease(self, claim: Claim, *, extend_until: datetime | None = None) -> None:
@@ -425,12 +434,12 @@ class SqlUnitOfWork:
         values: dict[str, object] = {"lease_token": WorkItemRow.lease_token}
         if extend_until is not None:
             values["lease_expires_at"] = extend_until
-        res = self.session.execute(update(WorkItemRow).where(self._ours(claim)).values(**values))
-        if res.rowcount != 1:  # type: ignore[attr-defined]
+        res = self._update(update(WorkItemRow).where(self._ours(claim)).values(**values))
+        if res.rowcount != 1:
             raise LeaseLostError(str(claim.work_item_id))
 
     def release(self, claim: Claim) -> None:
-        self.session.execute(
+        self._update(
             update(WorkItemRow)
             .where(self._ours(claim))
             .values(status="READY", lease_token=None, lease_owner=None, lease_expires_at=None)
@@ -463,7 +472,7 @@ class SqlUnitOfWork:
                 continue
             # Taking the row lock here orders us against a closer: if it marked the batch CLOSING first,
             # the WHERE no longer holds after the lock is ours, and we try the next open batch.
-            taken = self.session.execute(
+            taken = self._update(
                 update(PrintBatchRow)
                 .where(PrintBatchRow.id == batch_id, PrintBatchRow.status == "OPEN")
                 .values(
@@ -526,14 +535,14 @@ class SqlUnitOfWork:
         return [_batch(r) for r in rows]
 
     def mark_print_batch_full(self, batch_id: str) -> None:
-        self.session.execute(
+        self._update(
             update(PrintBatchRow)
             .where(PrintBatchRow.id == batch_id, PrintBatchRow.status == "OPEN")
             .values(status="FULL")
         )
 
     def start_closing(self, batch_id: str, now: datetime, lease: timedelta) -> bool:
-        res = self.session.execute(
+        res = self._update(
             update(PrintBatchRow)
             .where(
                 PrintBatchRow.id == batch_id,
@@ -542,7 +551,7 @@ class SqlUnitOfWork:
             )
             .values(status="CLOSING", closing_at=now, lease_expires_at=now + lease)
         )
-        return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+        return bool(res.rowcount == 1)
 
     def print_items(self, batch_id: str) -> Sequence[tuple[str, int, Mapping[str, object]]]:
         rows = self.session.scalars(
@@ -551,7 +560,7 @@ class SqlUnitOfWork:
         return [(r.shipment_id, r.sequence, r.record) for r in rows]
 
     def finish_closing(self, batch_id: str, path: str, now: datetime) -> Sequence[str]:
-        self.session.execute(
+        self._update(
             update(PrintBatchRow)
             .where(PrintBatchRow.id == batch_id, PrintBatchRow.status == "CLOSING")
             .values(status="CLOSED", closed_at=now, path=path, lease_expires_at=None)
