@@ -4,6 +4,7 @@ and the real print channel, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -590,3 +591,71 @@ def test_a_fault_recording_one_letter_of_a_batch_leaves_it_to_come_back_and_reco
             select(WorkItemRow.shipment_id).where(WorkItemRow.status == "CLAIMED")
         ).all()
     assert left == [ids[0]]  # still leased: it comes back when the lease runs out
+
+
+def test_a_slow_batch_is_recorded_in_parts_renews_the_rest_and_skips_a_letter_whose_lease_was_taken(
+    container: Container, client: ClientRecord, clock: ManualClock
+) -> None:
+    ids = [submit(container, client, key=f"k{i}") for i in range(4)]
+    seen_delivered: list[str] = []
+    seen_leases: dict[str, object] = {}
+
+    class SlowChannel(ScriptedChannel):
+        def send(self, job: DeliveryJob) -> DeliveryOutcome:
+            if job.shipment_id == ids[0]:
+                # Meanwhile the third letter's lease ran out and another worker took it.
+                with container.uow() as uow:
+                    uow.session.execute(  # type: ignore[attr-defined]
+                        update(WorkItemRow)
+                        .where(WorkItemRow.shipment_id == ids[2])
+                        .values(lease_token="someone-else")
+                    )
+                    uow.commit()
+            if job.shipment_id == ids[1]:
+                seen_delivered.append(view(container, ids[0])[0])  # the first part is on record already
+            if job.shipment_id == ids[3]:
+                seen_leases.update(_leases(container))
+            clock.advance(seconds=1)
+            time.sleep(0.6)  # longer than a quarter of the lease below
+            return super().send(job)
+
+    email = SlowChannel(Channel.EMAIL, [])
+    d = dispatcher(container, {Channel.EMAIL: email}, lease=timedelta(seconds=2))
+    started = clock.now()
+    d.process_batch(_claim(container, "test-worker", 10))  # type: ignore[arg-type]
+    assert [j.shipment_id for j in email.jobs] == [ids[0], ids[1], ids[3]]  # the taken one was not sent
+    assert seen_delivered == ["DELIVERED"]
+    assert [view(container, sid)[0] for sid in ids] == ["DELIVERED", "DELIVERED", "SENDING", "DELIVERED"]
+    assert view(container, ids[2])[3] == [("email", None)]  # its attempt was started, never finished by us
+    # The last letter's lease was renewed when the earlier ones were recorded (the clock had moved on), and
+    # the taken one's was left as the other worker set it... (here: as it stood when it was taken).
+    assert seen_leases[ids[3]] > started + timedelta(seconds=2)
+    assert seen_leases[ids[2]] == started + timedelta(seconds=2)
+
+
+def test_a_stopping_worker_sends_no_more_of_its_batch_and_gives_the_rest_back(
+    container: Container, client: ClientRecord, clock: ManualClock
+) -> None:
+    ids = [submit(container, client, key=f"k{i}") for i in range(3)]
+    email = ScriptedChannel(Channel.EMAIL, [])
+    d = dispatcher(container, {Channel.EMAIL: email})
+    d.process_batch(_claim(container, "test-worker", 10), lambda: bool(email.jobs))  # type: ignore[arg-type]
+    assert [j.shipment_id for j in email.jobs] == [ids[0]]
+    assert [view(container, sid)[0] for sid in ids] == ["DELIVERED", "SENDING", "SENDING"]
+    with container.uow() as uow:
+        ready = uow.session.scalars(  # type: ignore[attr-defined]
+            select(WorkItemRow.shipment_id).where(WorkItemRow.status == "READY")
+        ).all()
+    assert sorted(ready) == sorted(ids[1:])  # back in the pool at once, not when a lease runs out
+    run_due(container, d)
+    assert [view(container, sid)[0] for sid in ids] == ["DELIVERED"] * 3
+    # The interrupted attempts stay visible, as after a crash.
+    assert view(container, ids[1])[3] == [("email", None), ("email", "DELIVERED")]
+
+
+def _leases(container: Container) -> dict[str, object]:
+    with container.uow() as uow:
+        rows = uow.session.execute(  # type: ignore[attr-defined]
+            select(WorkItemRow.shipment_id, WorkItemRow.lease_expires_at)
+        ).all()
+    return {sid: at for sid, at in rows}

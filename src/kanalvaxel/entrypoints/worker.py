@@ -91,7 +91,7 @@ class Worker:
                     uow.release(claim)
                 uow.commit()
             return len(claims)
-        c.dispatcher(thread_name or self.name).process_batch(claims)
+        c.dispatcher(thread_name or self.name).process_batch(claims, self._stop.is_set)
         return len(claims)
 
     def _loop(self, thread_name: str) -> None:

@@ -123,13 +123,15 @@ class Dispatcher:
         """Work one claimed item to its next resting point. Never raises for delivery problems."""
         self.process_batch([claim])
 
-    def process_batch(self, claims: Sequence[Claim]) -> None:
+    def process_batch(self, claims: Sequence[Claim], stopping: Callable[[], bool] = lambda: False) -> None:
         """Work claimed items to their next resting points, in three steps that each touch the database once
         for the whole batch: (1) read the letters, (2) one transaction that records, per letter, its decision
         and the attempt it is about to make, (3) send each, then (4) one transaction that records every
         outcome. Each letter's writes run in a savepoint of their own: a letter whose lease was lost (or whose
-        recording fails) writes nothing, and the others are recorded all the same. Never raises for delivery
-        problems; a database outage propagates (UnavailableError)."""
+        recording fails) writes nothing, and the others are recorded all the same. Once `stopping()` holds, no
+        further send starts: what was sent is recorded and the rest given back (their open attempts stay on
+        record, as after a crash). Never raises for delivery problems; a database outage propagates
+        (UnavailableError)."""
         if not claims:
             return
         ids = [c.shipment_id for c in claims]
@@ -152,9 +154,9 @@ class Dispatcher:
                 if act is not None:
                     acts.append((claim, act))
             uow.commit()
-        self._act_and_record(acts)
+        self._act_and_record(acts, stopping)
 
-    def _act_and_record(self, acts: Sequence[tuple[Claim, _Act]]) -> None:
+    def _act_and_record(self, acts: Sequence[tuple[Claim, _Act]], stopping: Callable[[], bool]) -> None:
         """Send each, then record the outcomes together. A batch whose sends take long (a slow channel) is
         recorded in parts, and the leases of the letters still to send are renewed with them, so no letter
         waits for its record, or runs out of lease, behind the others' sends."""
@@ -162,25 +164,40 @@ class Dispatcher:
         part_limit = (lease / 4).total_seconds() if lease is not None else 30.0
         records: list[tuple[Claim, _Record]] = []
         closing: list[str] = []
+        lost: set[int] = set()
         part_started = time.monotonic()
         for i, (claim, act) in enumerate(acts):
+            if stopping():
+                self._write(records, closing, release=[c for c, _ in acts[i:] if c.work_item_id not in lost])
+                records = []
+                break
             if records and time.monotonic() - part_started > part_limit:
-                self._write(records, closing, renew=[c for c, _ in acts[i:]])
+                lost |= self._write(records, closing, renew=[c for c, _ in acts[i:]])
                 records = []
                 part_started = time.monotonic()
+            if claim.work_item_id in lost:
+                continue  # its lease ran out while the others were sent: another worker has it now
             self._failpoint("before_send")
             record = act()
             self._failpoint("after_send")
             records.append((claim, record))
         if records:
-            self._write(records, closing, renew=[])
+            self._write(records, closing)
         if self._printing is not None:
             for batch_id in dict.fromkeys(closing):
                 self._printing.close(batch_id)
 
     def _write(
-        self, records: Sequence[tuple[Claim, _Record]], closing: list[str], renew: Sequence[Claim]
-    ) -> None:
+        self,
+        records: Sequence[tuple[Claim, _Record]],
+        closing: list[str],
+        *,
+        renew: Sequence[Claim] = (),
+        release: Sequence[Claim] = (),
+    ) -> set[int]:
+        """Record outcomes, renew the leases in `renew` and give back the items in `release`, in one
+        transaction. Returns the work items of `renew` whose lease was no longer ours."""
+        lost: set[int] = set()
         with self._uow() as uow:
             for claim, record in records:
                 self._guarded(uow, claim, lambda u: record(u, closing))  # noqa: B023 (called at once)
@@ -188,8 +205,12 @@ class Dispatcher:
             if lease is not None:
                 until = self._clock.now() + lease
                 for claim in renew:
-                    self._guarded(uow, claim, lambda u: u.check_lease(claim, extend_until=until))  # noqa: B023
+                    if not self._guarded(uow, claim, lambda u: _renew(u, claim, until)):  # noqa: B023
+                        lost.add(claim.work_item_id)
+            for claim in release:
+                uow.release(claim)
             uow.commit()
+        return lost
 
     def _guarded(self, uow: UnitOfWork, claim: Claim, step: Callable[[UnitOfWork], _T]) -> _T | None:
         """Run one letter's writes in a savepoint: a lost lease, or a fault in recording this one letter,
@@ -745,6 +766,11 @@ class Dispatcher:
         uow.complete(claim, now)
         self._finish_failed(uow, shp, now, message, {"claims": claim.claims})
         log.error("shipment %s failed: %s", shp.id, message)
+
+
+def _renew(uow: UnitOfWork, claim: Claim, until: datetime) -> bool:
+    uow.check_lease(claim, extend_until=until)  # raises LeaseLostError
+    return True
 
 
 def new_batch_id(now: datetime) -> str:

@@ -45,7 +45,8 @@ def claim(session: Session, worker: str, now: datetime, lease: timedelta, limit:
         )
         .returning(WorkItemRow.id, WorkItemRow.shipment_id, WorkItemRow.claims)
     )
-    rows = session.execute(stmt).all()
+    # RETURNING gives no order (PostgreSQL): the oldest items of a batch first, as they were queued.
+    rows = sorted(session.execute(stmt).all(), key=lambda r: r[0])
     return [Claim(work_item_id=r[0], shipment_id=r[1], token=token, claims=r[2]) for r in rows]
 
 
