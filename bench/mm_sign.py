@@ -1,17 +1,18 @@
 """The Mina meddelanden path on one core: sign a letter, seal it at the relay, verify both signatures.
 
 Per letter, each path builds the SignedDelivery from the same values (formedlare.mm.build_signed_delivery,
-or formedlare.mm.sign_delivery for ours), signs it as the sender, seals it as the relay (SignedDelivery
-embedded + Seal + the relay's signature), serialises and parses the sealed bytes as the operator receives
-them, and verifies the outer and then the inner signature against the dev CA. The rows:
+or formedlare.mm.sign_delivery for ours) and signs it as the sender; the relay parses the signed bytes and
+verifies the sender's signature, then seals (SignedDelivery embedded + Seal + the relay's signature); the
+operator parses the sealed bytes and verifies the outer, then the inner signature. Trust: the dev CA. Rows:
 
-  formedlare.mm   ours: sign_delivery, seal_delivery, parse_xml, verify_element twice
+  formedlare.mm   ours: sign_delivery; parse_xml + verify_element; seal_delivery; parse_xml + verify_element
+                  twice (what kanalvaxel, the relay's intake and worker, and an operator call)
   python-xmlsec   the C peer (libxmlsec1 through python-xmlsec) doing the same, trusted CA in its key manager
-  floor           for each of the four signatures, lxml's exclusive c14n of the document it covers (built
-                  and parsed beforehand) + SHA-256, then the RSA-2048 operations (two PKCS#1 v1.5
-                  signatures, two verifications). Building the letter, base64, the attachment's MD5, parsing
-                  and the trust checks are not in it. Our path canonicalises with its own writer, which is
-                  faster than lxml's c14n on a large base64 text, so it can come close to this floor.
+  floor           for each of the five signature operations, lxml's exclusive c14n of the document it covers
+                  (built and parsed beforehand) + SHA-256, then RSA-2048 (two PKCS#1 v1.5 signatures, three
+                  verifications). Building the letter, base64, the attachment's MD5, parsing and the trust
+                  checks are not in it. Our path canonicalises with its own writer, which is faster than
+                  lxml's c14n on a large base64 text, so it can come close to this floor.
   crypto only     the SHA-256 and RSA part of the floor alone (no c14n): no implementation does less.
 
 Each size is measured in `--rounds` rounds; a round runs every row for `--seconds` in turn, so the rows
@@ -77,7 +78,7 @@ def rate(work: Callable[[], object], seconds: float) -> float:
 
 
 class Paths:
-    """The three paths for one letter, over one set of dev certificates."""
+    """The rows for one letter, over one set of dev certificates."""
 
     def __init__(self, certs: Path, content: mm.DeliveryContent) -> None:
         self.content = content
@@ -99,8 +100,9 @@ class Paths:
         signed = self.ours_sign()
         self.sealed_bytes = mm.seal_delivery(self.relay, signed, received=RECEIVED, signatures_ok=True)
         sealed = mm.parse_xml(self.sealed_bytes)
-        # The floor's inputs: the four documents the signatures cover, already parsed.
+        # The floor's inputs: the five documents the signature operations cover, already parsed.
         self.floor_trees = [
+            mm.canonical_document(mm.parse_xml(signed)),
             mm.canonical_document(mm.parse_xml(signed)),
             mm.canonical_document(sealed),
             mm.canonical_document(sealed),
@@ -113,7 +115,15 @@ class Paths:
         ]
         self.rsa_keys = [k for k in keys if isinstance(k, rsa.RSAPrivateKey)]
         self.small = b"<SignedInfo>" + b"x" * 900 + b"</SignedInfo>"
-        self.rsa_signatures = [k.sign(self.small, padding.PKCS1v15(), hashes.SHA256()) for k in self.rsa_keys]
+        sender_signature, relay_signature = (
+            k.sign(self.small, padding.PKCS1v15(), hashes.SHA256()) for k in self.rsa_keys
+        )
+        sender_public, relay_public = (k.public_key() for k in self.rsa_keys)
+        self.rsa_checks = [
+            (sender_public, sender_signature),
+            (relay_public, relay_signature),
+            (sender_public, sender_signature),
+        ]
 
     @staticmethod
     def _xmlsec_key(key_file: Path, cert_pem: bytes) -> xmlsec.Key:
@@ -126,6 +136,7 @@ class Paths:
 
     def ours(self) -> None:
         signed = mm.sign_delivery(self.sender, self.content)
+        mm.verify_element(mm.parse_xml(signed), self.policy)  # the relay's intake
         sealed = mm.parse_xml(mm.seal_delivery(self.relay, signed, received=RECEIVED, signatures_ok=True))
         mm.verify_element(sealed, self.policy)
         mm.verify_element(mm.signed_delivery_of(sealed), self.policy)
@@ -141,9 +152,10 @@ class Paths:
         self._rsa()
 
     def _rsa(self) -> None:
-        for key, signature in zip(self.rsa_keys, self.rsa_signatures, strict=True):
+        for key in self.rsa_keys:
             key.sign(self.small, padding.PKCS1v15(), hashes.SHA256())
-            key.public_key().verify(signature, self.small, padding.PKCS1v15(), hashes.SHA256())
+        for public, signature in self.rsa_checks:
+            public.verify(signature, self.small, padding.PKCS1v15(), hashes.SHA256())
 
     @staticmethod
     def xmlsec_sign(document: etree._Element, key: xmlsec.Key) -> None:
@@ -167,7 +179,8 @@ class Paths:
         return signed
 
     def peer(self) -> None:
-        signed = self.peer_signed()
+        signed = etree.fromstring(etree.tostring(self.peer_signed()), self.huge)  # the relay's intake
+        self.xmlsec_verify(signed)
         sealed = etree.Element(f"{{{mm.ns.MSG_V3}}}SealedDelivery", nsmap={None: mm.ns.MSG_V3})
         sealed.append(signed)
         seal = etree.SubElement(sealed, f"{{{mm.ns.MSG_V3}}}Seal")
