@@ -6,7 +6,7 @@ prefix-free, named after its type; :mod:`formedlare.mm._canon`). That form is ou
 :func:`~formedlare.mm._canon.canonical_chunks` writes them once, signxml is handed them as the reference's
 canonical form (see :class:`_Signer`) and builds, signs and annotates the Signature, and the signed bytes
 are ours with signxml's Signature put in before the end tag. That is what callers embed verbatim; it is
-byte for byte what signxml produced on its own before (issue 10), at a third of the cost for a 2 MB letter.
+byte for byte what signxml produced on its own before (issue 10), in about a third of the time.
 
 Verification is ours, not signxml's ``XMLVerifier``: a delivery arrives renamed and re-prefixed inside a SOAP
 envelope (``s3:deliverSecure``, v1 ``arg0``), and ``URI=""`` then means the enclosing document, so the
