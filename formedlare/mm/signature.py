@@ -1,16 +1,21 @@
 """Enveloped XMLDSig in the MM canonical form: signing, sealing, verifying, and the trust decision.
 
 Signing is signxml's (``XMLSigner``: enveloped, exc-c14n, RSA-SHA256, SHA-256, ``ds`` as the default
-namespace), applied to the element already rebuilt in the MM canonical form (mm-protocol §5.2: stand-alone,
-prefix-free, named after its type; :mod:`formedlare.mm._canon`). That form is ours; signxml only signs it,
-and its exc-c14n output is what callers embed verbatim.
+namespace), applied to the element already in the MM canonical form (mm-protocol §5.2: stand-alone,
+prefix-free, named after its type; :mod:`formedlare.mm._canon`). That form is ours, and so are its bytes:
+:func:`~formedlare.mm._canon.canonical_chunks` writes them once, signxml is handed them as the reference's
+canonical form (see :class:`_Signer`) and builds, signs and annotates the Signature, and the signed bytes
+are ours with signxml's Signature put in before the end tag. That is what callers embed verbatim; it is
+byte for byte what signxml produced on its own before (issue 10), in about a third of the time.
 
 Verification is ours, not signxml's ``XMLVerifier``: a delivery arrives renamed and re-prefixed inside a SOAP
 envelope (``s3:deliverSecure``, v1 ``arg0``), and ``URI=""`` then means the enclosing document, so the
 receiver must rebuild the canonical form before digesting (signxml digests what it is given). Real senders
 still sign with RSA-SHA1/SHA-1 (the Kivra vector), which signxml refuses outright, and the trust decision
 (anchors, KeyUsage, validity at a chosen time, with a SignatureProblem for each failure) must be ours to
-report in the relay's terms. Both directions are checked against xmlsec1 and python-xmlsec in the tests.
+report in the relay's terms. The digest is taken over :func:`~formedlare.mm._canon.canonical_chunks`, fed
+to the hash as written. Both directions are checked against xmlsec1, signxml's XMLVerifier and
+python-xmlsec in the tests.
 """
 
 from __future__ import annotations
@@ -30,21 +35,22 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 from lxml import etree
-from signxml.algorithms import SignatureConstructionMethod
+from signxml.algorithms import CanonicalizationMethod, SignatureConstructionMethod
 from signxml.signer import XMLSigner
 from signxml.util import SigningSettings
 
 from formedlare.mm import ns
-from formedlare.mm._canon import c14n, direct_signatures, rebuild, type_name
-from formedlare.mm.build import build_signed_delivery
+from formedlare.mm._canon import c14n, canonical_chunks, direct_signatures, rebuild, type_name
+from formedlare.mm.build import build_without_bodies
 from formedlare.mm.errors import (
     InvalidContentError,
     MalformedXmlError,
+    MmError,
     SignatureInvalidError,
     SignatureProblem,
 )
 from formedlare.mm.model import DeliveryContent
-from formedlare.mm.xml import local_name, parse_xml
+from formedlare.mm.xml import local_name, namespace, parse_xml
 
 EXC_C14N = "http://www.w3.org/2001/10/xml-exc-c14n#"
 C14N_10 = "http://www.w3.org/TR/2001/REC-xml-c14n-20010315"
@@ -162,8 +168,8 @@ def sign_element(identity: SigningIdentity, element: etree._Element) -> bytes:
 def sign_delivery(identity: SigningIdentity, content: DeliveryContent) -> bytes:
     """The signed ``m3:SignedDelivery`` of `content` (see :func:`sign_element`; build rules in
     :func:`formedlare.mm.build_signed_delivery`)."""
-    document = build_signed_delivery(content)
-    return _sign_document(identity, document)
+    document, bodies = build_without_bodies(content)
+    return _sign_document(identity, document, bodies)
 
 
 def seal_delivery(
@@ -184,7 +190,11 @@ def seal_delivery(
     if len(direct_signatures(source)) != 1:
         raise MalformedXmlError("SignedDelivery ska bära avsändarens signatur")
     sealed = etree.Element(ns.qname(ns.MSG_V3, "SealedDelivery"), nsmap={None: ns.MSG_V3})
-    rebuild(source, tag=tag, parent=sealed)
+    if source.tag == tag:
+        # Parsed here, so ours to move: the canonical writer renders it prefix-free as rebuild() would.
+        sealed.append(source)
+    else:
+        rebuild(source, tag=tag, parent=sealed)
     seal = etree.SubElement(sealed, ns.qname(ns.MSG_V3, "Seal"))
     received_time = etree.SubElement(seal, ns.qname(ns.MSG_V1, "ReceivedTime"), nsmap={None: ns.MSG_V1})
     received_time.text = received.isoformat()
@@ -193,25 +203,83 @@ def seal_delivery(
     return _sign_document(identity, sealed)
 
 
-def _sign_document(identity: SigningIdentity, document: etree._Element) -> bytes:
-    """Sign `document`, already canonical and unsigned, with signxml; the signed document's exc-c14n bytes."""
-    signer = XMLSigner(
-        method=SignatureConstructionMethod.enveloped,
-        signature_algorithm=RSA_SHA256,
-        digest_algorithm=SHA256,
-        c14n_algorithm=EXC_C14N,
-    )
-    signer.namespaces = {None: ns.DS}  # type: ignore[dict-item]  # signxml's annotation omits the default
-    # signxml re-parses the document internally; a PDF over ~7.5 MiB is a base64 text node beyond libxml2's
-    # default limit. `_parser` is private but the only hook (deps-notes pitfall 10; signxml 5.2.0).
-    signer._parser = etree.XMLParser(  # type: ignore[assignment]
-        huge_tree=True, resolve_entities=False, no_network=True
-    )
-    signer.signature_annotators.append(_add_subject_name)
-    # The loaded key object: a PEM string would be re-parsed and validated on every call (pitfall 9).
-    # No Id on the root, so signxml keeps Reference URI="" (pitfall 3).
-    signed = signer.sign(document, key=identity._key, cert=[identity.certificate, *identity.chain])
-    return c14n(signed)
+class _Signer(XMLSigner):
+    """signxml's XMLSigner in the MM profile, told the document's canonical form instead of computing it.
+
+    signxml copies the document twice (serialise and re-parse, to cut it loose from a parent's namespaces)
+    and canonicalises it once more through libxml2: three passes over the base64 attachment for bytes we
+    already hold. Our document is a stand-alone tree made for this signature, so ``get_root`` signs it in
+    place, and ``_c14n`` answers for it with the bytes :func:`canonical_chunks` wrote. Everything else (the
+    Signature element, SignedInfo and its c14n, the RSA signature, KeyInfo) is signxml's own code. Both
+    hooks are signxml internals (5.x); :meth:`sign_document` refuses to return a signature if the digest
+    input did not come from us, so a signxml that stopped calling them fails loudly, never signs the wrong
+    bytes.
+    """
+
+    def __init__(self, document: etree._Element, canonical: bytes) -> None:
+        super().__init__(
+            method=SignatureConstructionMethod.enveloped,
+            signature_algorithm=RSA_SHA256,
+            digest_algorithm=SHA256,
+            c14n_algorithm=EXC_C14N,
+        )
+        self.namespaces = {None: ns.DS}  # type: ignore[dict-item]  # signxml's annotation omits the default
+        # Anything signxml still parses is small, but keep its parser as hardened as ours (and huge-safe).
+        self._parser = etree.XMLParser(  # type: ignore[assignment]  # private, but the only hook (pitfall 10)
+            huge_tree=True, resolve_entities=False, no_network=True
+        )
+        self.signature_annotators.append(_add_subject_name)
+        self._document = document
+        self._canonical = canonical
+        self._answered = False
+
+    def get_root(self, data: object) -> object:
+        return data if data is self._document else super().get_root(data)  # type: ignore[no-untyped-call]
+
+    def _c14n(
+        self, nodes: object, algorithm: CanonicalizationMethod, inclusive_ns_prefixes: object = None
+    ) -> bytes:
+        if nodes is self._document:
+            self._answered = True
+            return self._canonical
+        result: bytes = super()._c14n(nodes, algorithm, inclusive_ns_prefixes=inclusive_ns_prefixes)
+        return result
+
+    def sign_document(self, identity: SigningIdentity) -> etree._Element:
+        """Sign; the Signature element signxml appended to the document (its last child). Raises
+        MalformedXmlError for a document holding a ds:Signature with Id="placeholder" (signxml would sign
+        there instead: a forged input), MmError if signxml did not take our canonical form."""
+        if self._document.find(f".//{_ds('Signature')}[@Id='placeholder']") is not None:
+            raise MalformedXmlError("dokumentet innehåller en platshållare för ds:Signature")
+        children = len(self._document)
+        # The loaded key object: a PEM string would be re-parsed and validated on every call (pitfall 9).
+        # No Id on the root, so signxml keeps Reference URI="" (pitfall 3).
+        signed = self.sign(self._document, key=identity._key, cert=[identity.certificate, *identity.chain])
+        appended = signed is self._document and len(signed) == children + 1
+        # (signxml names its elements unqualified under the ds default namespace: signxml issue 275.)
+        if not (self._answered and appended and local_name(signed[-1]) == "Signature"):
+            raise MmError("internt fel: signxml signerade inte vår kanoniska form (ny signxml-version?)")
+        return signed[-1]
+
+
+def _sign_document(
+    identity: SigningIdentity,
+    document: etree._Element,
+    bodies: dict[etree._Element, bytes] | None = None,
+) -> bytes:
+    """Sign `document` (ours, stand-alone, canonical and unsigned); the signed document's exc-c14n bytes.
+
+    `bodies` are texts left out of the tree (as canonical_chunks takes them): signxml, handed the canonical
+    bytes, never reads the document's content, only appends its Signature to the root."""
+    chunks = canonical_chunks(document, texts=bodies)
+    signature = _Signer(document, b"".join(chunks)).sign_document(identity)
+    if namespace(document) == ns.DS:
+        # A ds element signed as a whole (no MM document is one): the Signature inherits its namespace.
+        return c14n(document)
+    # The Signature is the last child and declares its own default namespace, so its canonical bytes in the
+    # document are those it has alone: the signed document is the unsigned one with them before the end tag.
+    chunks.insert(-1, c14n(signature))
+    return b"".join(chunks)
 
 
 def _add_subject_name(signature: etree._Element, signing_settings: SigningSettings) -> None:
@@ -303,12 +371,13 @@ def verify_element(
     _check_reference_uri(element, parsed.reference_uri)
 
     tag, unqualified = type_name(element)
+    hasher = hashlib.new(_DIGEST_METHODS[parsed.digest_method])
     try:
-        content = c14n(rebuild(element, tag=tag, unqualified=unqualified, drop=signature))
+        for chunk in canonical_chunks(element, tag=tag, unqualified=unqualified, drop=signature):
+            hasher.update(chunk)
     except MalformedXmlError as exc:
         raise _malformed(str(exc)) from exc
-    digest = hashlib.new(_DIGEST_METHODS[parsed.digest_method], content).digest()
-    if digest != parsed.digest_value:
+    if hasher.digest() != parsed.digest_value:
         raise SignatureInvalidError(
             SignatureProblem.DIGEST_MISMATCH,
             "innehållet har ändrats efter signeringen (kontrollsumman stämmer inte)",
@@ -320,7 +389,7 @@ def verify_element(
         raise SignatureInvalidError(
             SignatureProblem.UNSUPPORTED_ALGORITHM, "certifikatets nyckel är inte RSA"
         )
-    signed_info = c14n(rebuild(parsed.signed_info))
+    signed_info = b"".join(canonical_chunks(parsed.signed_info))
     try:
         public_key.verify(
             parsed.signature_value,

@@ -1,8 +1,12 @@
-"""Independent checks of our signatures: the xmlsec1 CLI verifies what we sign (after canonical_document,
-mm-protocol §8), and our verifier accepts a delivery signed by python-xmlsec (libxmlsec1) instead of us."""
+"""Independent checks of our signatures: the xmlsec1 CLI and signxml's XMLVerifier verify what we sign and
+seal (after canonical_document, mm-protocol §8), for a small letter and one with a 2.5 MB attachment (our
+signer writes the canonical bytes itself: these tests are what holds it to everyone else's canonical form),
+and our verifier accepts a delivery signed by python-xmlsec (libxmlsec1) instead of us."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,6 +15,8 @@ import pytest
 import xmlsec
 from cryptography.hazmat.primitives import serialization
 from lxml import etree
+from signxml import SignatureConfiguration, XMLVerifier
+from signxml.exceptions import InvalidSignature
 
 from formedlare import mm
 from tests.mm.conftest import RECEIVED, letter, reprefix
@@ -20,12 +26,12 @@ OUTER = "/*[local-name()='SealedDelivery']/*[local-name()='Signature']"
 
 
 def _xmlsec1(
-    document: etree._Element, ca: Path, tmp_path: Path, *extra: str
+    document: etree._Element | bytes, ca: Path, tmp_path: Path, *extra: str
 ) -> subprocess.CompletedProcess[str]:
     if XMLSEC1 is None:
         pytest.fail("xmlsec1 is part of the development environment (apt install xmlsec1)")
     path = tmp_path / "doc.xml"
-    path.write_bytes(etree.tostring(document))
+    path.write_bytes(document if isinstance(document, bytes) else etree.tostring(document))
     return subprocess.run(
         [XMLSEC1, "--verify", "--trusted-pem", str(ca), *extra, str(path)],
         capture_output=True,
@@ -125,3 +131,92 @@ def test_python_xmlsec_verifies_our_signature(sender: mm.SigningIdentity, dev_ce
         sender.certificate.public_bytes(serialization.Encoding.PEM), xmlsec.constants.KeyDataFormatCertPem
     )
     context.verify(signature)  # raises xmlsec.Error when it does not verify
+
+
+# --- our signatures at two sizes, checked by xmlsec1 and by signxml's own verifier -----------------------
+
+LARGE = 2_500_000  # bytes of attachment: a 3.3 MB base64 text node, still under libxml2's default limit
+#: signxml's defaults find the first Signature anywhere (the inner one in a SealedDelivery): pitfall 2.
+HERE = SignatureConfiguration(location="./")
+
+
+@pytest.fixture(scope="module", params=[0, LARGE], ids=["letter", "2.5 MB attachment"])
+def layers(
+    request: pytest.FixtureRequest, sender: mm.SigningIdentity, relay: mm.SigningIdentity
+) -> tuple[bytes, bytes]:
+    """Our signed and sealed bytes of the sample letter, optionally with a large (random) attachment."""
+    content = letter()
+    if request.param:
+        big = mm.AttachmentContent("stor.pdf", "application/pdf", b"%PDF-1.4\n" + os.urandom(request.param))
+        message = dataclasses.replace(
+            content.messages[0], attachments=(*content.messages[0].attachments, big)
+        )
+        content = dataclasses.replace(content, messages=(message,))
+    signed = mm.sign_delivery(sender, content)
+    return signed, mm.seal_delivery(relay, signed, received=RECEIVED, signatures_ok=True)
+
+
+def _flip_in_attachment(data: bytes) -> bytes:
+    """One base64 character changed in the middle of the last attachment body."""
+    start = data.rindex(b"<Body xmlns=")
+    at = start + (data.index(b"</Body>", start) - start) // 2
+    return data[:at] + (b"A" if data[at : at + 1] != b"A" else b"B") + data[at + 1 :]
+
+
+def test_xmlsec1_verifies_what_we_sign_and_seal_as_it_leaves_us(
+    layers: tuple[bytes, bytes], dev_certs: Path, tmp_path: Path
+) -> None:
+    signed, sealed = layers
+    ca = dev_certs / "ca.pem"
+    inner = mm.canonical_document(mm.signed_delivery_of(mm.parse_xml(sealed)))
+
+    results = {
+        "signed": _xmlsec1(signed, ca, tmp_path),
+        "sealed, outer": _xmlsec1(sealed, ca, tmp_path, "--node-xpath", OUTER),
+        "sealed, inner": _xmlsec1(inner, ca, tmp_path),
+    }
+
+    assert {name: r.returncode for name, r in results.items()} == dict.fromkeys(results, 0), {
+        name: r.stderr[-500:] for name, r in results.items() if r.returncode
+    }
+    assert _xmlsec1(_flip_in_attachment(signed), ca, tmp_path).returncode != 0
+    assert _xmlsec1(_flip_in_attachment(sealed), ca, tmp_path, "--node-xpath", OUTER).returncode != 0
+
+
+def test_signxmls_verifier_accepts_our_signed_delivery(
+    layers: tuple[bytes, bytes], sender: mm.SigningIdentity, dev_certs: Path
+) -> None:
+    signed, _ = layers
+    pinned = sender.certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+    by_chain = XMLVerifier().verify(signed, ca_pem_file=str(dev_certs / "ca.pem"), expect_config=HERE)
+    XMLVerifier().verify(signed, x509_cert=pinned, expect_config=HERE)
+
+    # What signxml digested is our letter, attachment and all: our bytes up to the Signature.
+    assert not isinstance(by_chain, list)
+    end = b"</SignedDelivery>"
+    assert by_chain.signed_data.endswith(end)
+    assert signed.startswith(by_chain.signed_data[: -len(end)] + b"<Signature ")
+    assert by_chain.signed_xml is not None
+    assert mm.read_delivery(by_chain.signed_xml) == mm.read_delivery(mm.parse_xml(signed))
+
+
+def test_signxmls_verifier_accepts_both_layers_of_our_sealed_delivery(
+    layers: tuple[bytes, bytes], dev_certs: Path
+) -> None:
+    _, sealed = layers
+    ca = str(dev_certs / "ca.pem")
+
+    XMLVerifier().verify(sealed, ca_pem_file=ca, expect_config=HERE)
+    # The inner layer as an element: signxml re-serialises it into a document of its own (deps-notes §1).
+    XMLVerifier().verify(mm.signed_delivery_of(mm.parse_xml(sealed)), ca_pem_file=ca, expect_config=HERE)
+
+
+def test_signxmls_verifier_refuses_a_changed_attachment_byte(
+    layers: tuple[bytes, bytes], dev_certs: Path
+) -> None:
+    signed, sealed = layers
+    ca = str(dev_certs / "ca.pem")
+    for tampered in (_flip_in_attachment(signed), _flip_in_attachment(sealed)):
+        with pytest.raises(InvalidSignature):  # InvalidDigest is one
+            XMLVerifier().verify(tampered, ca_pem_file=ca, expect_config=HERE)

@@ -6,8 +6,10 @@ import dataclasses
 
 import pytest
 from lxml import etree
+from signxml import XMLSigner
 
 from formedlare import mm
+from formedlare.mm import signature
 from tests.mm.conftest import RECEIVED, RECIPIENT_ID, SENDER_ID, letter, reprefix
 
 
@@ -168,3 +170,23 @@ def test_an_attachment_beyond_libxml2s_text_limit_signs_seals_and_verifies(
 
     mm.verify_element(sealed, policy)
     mm.verify_element(mm.signed_delivery_of(sealed), policy)
+
+
+def test_a_signxml_that_no_longer_takes_our_canonical_form_fails_loudly(
+    sender: mm.SigningIdentity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Signing hands signxml the canonical bytes through two of its internals (signature._Signer); if a
+    # signxml release stopped calling them, we must not sign whatever it computed instead.
+    monkeypatch.setattr(signature._Signer, "_c14n", XMLSigner._c14n)
+    with pytest.raises(mm.MmError, match="kanoniska form"):
+        mm.sign_delivery(sender, letter())
+
+
+def test_a_signature_placeholder_in_the_content_is_refused(sender: mm.SigningIdentity) -> None:
+    # signxml signs in place of a ds:Signature Id="placeholder" wherever it is: never in a letter of ours.
+    element = mm.build_signed_delivery(letter())
+    header = element.find(f".//{{{mm.ns.MSG_V3}}}Message/{{{mm.ns.MSG_V3}}}Header")
+    assert header is not None
+    etree.SubElement(header, f"{{{mm.ns.DS}}}Signature", Id="placeholder")
+    with pytest.raises(mm.MalformedXmlError, match="platshållare"):
+        mm.sign_element(sender, element)

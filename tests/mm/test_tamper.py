@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
+import os
 from pathlib import Path
 
 import pytest
@@ -254,3 +256,99 @@ def test_a_chain_through_an_intermediate(dev_certs: Path) -> None:
     with_chain = mm.SigningIdentity(leaf.certificate, leaf.key, (intermediate.certificate,))
     verified = mm.verify_element(mm.parse_xml(mm.sign_delivery(with_chain, letter())), anchors_only)
     assert verified.certificate == leaf.certificate
+
+
+# --- tampering that the canonical writer must see as libxml2 did: large attachments, moved signatures,
+# wrapped and duplicated signed content ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def large(sender: mm.SigningIdentity, relay: mm.SigningIdentity) -> tuple[bytes, bytes]:
+    """Signed and sealed bytes of a letter with a 2.5 MB attachment (one 3.3 MB base64 text node)."""
+    content = letter()
+    big = mm.AttachmentContent("stor.pdf", "application/pdf", b"%PDF-1.4\n" + os.urandom(2_500_000))
+    message = dataclasses.replace(content.messages[0], attachments=(big,))
+    signed = mm.sign_delivery(sender, dataclasses.replace(content, messages=(message,)))
+    return signed, mm.seal_delivery(relay, signed, received=RECEIVED, signatures_ok=True)
+
+
+def _flip_in_attachment(data: bytes) -> bytes:
+    start = data.rindex(b"<Body xmlns=")
+    at = start + (data.index(b"</Body>", start) - start) // 2
+    return data[:at] + (b"A" if data[at : at + 1] != b"A" else b"B") + data[at + 1 :]
+
+
+def test_a_large_letter_verifies_and_any_change_to_it_is_a_digest_mismatch(
+    large: tuple[bytes, bytes], policy: mm.TrustPolicy
+) -> None:
+    signed, sealed = large
+    mm.verify_element(mm.parse_xml(signed), policy)
+    root = mm.parse_xml(sealed)
+    mm.verify_element(root, policy)
+    mm.verify_element(mm.signed_delivery_of(root), policy)
+
+    for edit in (_flip_in_attachment, lambda d: _replace_once(d, b"Beslut om bygglov", b"Beslut om bygglob")):
+        assert _problem(mm.parse_xml(edit(signed)), policy) is P.DIGEST_MISMATCH
+        tampered = mm.parse_xml(edit(sealed))
+        assert _problem(tampered, policy) is P.DIGEST_MISMATCH
+        assert _problem(mm.signed_delivery_of(tampered), policy) is P.DIGEST_MISMATCH
+
+
+def test_a_large_attachment_cut_short_or_lengthened_is_a_digest_mismatch(
+    large: tuple[bytes, bytes], policy: mm.TrustPolicy
+) -> None:
+    signed, _ = large
+    end = signed.rindex(b"</Body>")
+    for tampered in (signed[: end - 4] + signed[end:], signed[:end] + b"AAAA" + signed[end:]):
+        assert _problem(mm.parse_xml(tampered), policy) is P.DIGEST_MISMATCH
+
+
+def test_a_signature_moved_onto_another_letter_is_a_digest_mismatch(
+    sender: mm.SigningIdentity, relay: mm.SigningIdentity, policy: mm.TrustPolicy
+) -> None:
+    # Both letters are validly signed by the same sender; only the content binds a signature to its letter.
+    one = mm.sign_delivery(sender, letter())
+    other = mm.sign_delivery(sender, letter(subject="Beslut om strandskydd"))
+    root, donor = mm.parse_xml(one), mm.parse_xml(other)
+    root.replace(root[-1], donor[-1])
+    assert _problem(root, policy) is P.DIGEST_MISMATCH
+    # ... and the relay's seal of one letter on the seal of another.
+    sealed_one = mm.parse_xml(mm.seal_delivery(relay, one, received=RECEIVED, signatures_ok=True))
+    sealed_other = mm.parse_xml(mm.seal_delivery(relay, other, received=RECEIVED, signatures_ok=True))
+    sealed_one.replace(sealed_one[-1], sealed_other[-1])
+    assert _problem(sealed_one, policy) is P.DIGEST_MISMATCH
+
+
+def test_a_forged_delivery_with_the_genuine_one_wrapped_away_is_refused(
+    signed: bytes, policy: mm.TrustPolicy
+) -> None:
+    # Signature wrapping: readers see a forged Delivery, the genuine one is hidden where a verifier that
+    # followed references might still find it (in a ds:Object of the Signature, or deeper in the document).
+    for hide in ("object", "nested"):
+        root = mm.parse_xml(signed)
+        genuine = root[0]
+        forged = etree.fromstring(etree.tostring(genuine).replace(b">198101032384<", b">198101032385<"))
+        if hide == "object":
+            etree.SubElement(root[-1], f"{{{DS}}}Object").append(genuine)
+            root.insert(0, forged)
+        else:
+            root.replace(genuine, forged)
+            forged.append(mm.parse_xml(signed))  # the whole genuine SignedDelivery, signature and all
+        assert mm.read_delivery(root).recipient_id == "198101032385"
+        assert _problem(root, policy) is P.DIGEST_MISMATCH, hide
+
+
+def test_duplicated_signed_content_is_refused(
+    signed: bytes, sealed: bytes, sender: mm.SigningIdentity, policy: mm.TrustPolicy
+) -> None:
+    # A second Delivery next to the signed one.
+    root = mm.parse_xml(signed)
+    root.insert(1, etree.fromstring(etree.tostring(root[0])))
+    assert _problem(root, policy) is P.DIGEST_MISMATCH
+    # A SealedDelivery with another, itself validly signed, SignedDelivery put first (where
+    # signed_delivery_of and readers look): the sender's signature on it holds, the relay's seal does not.
+    other = mm.parse_xml(mm.sign_delivery(sender, letter(subject="Beslut om strandskydd")))
+    sealed_root = mm.parse_xml(sealed)
+    sealed_root.insert(0, other)
+    mm.verify_element(mm.signed_delivery_of(sealed_root), policy)
+    assert _problem(sealed_root, policy) is P.DIGEST_MISMATCH
