@@ -26,7 +26,6 @@ import re
 import shutil
 import tempfile
 import threading
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,7 +36,7 @@ from zoneinfo import ZoneInfo
 
 import reportlab
 from pypdf import PasswordType, PdfReader, PdfWriter
-from pypdf.generic import DictionaryObject, NameObject, PdfObject
+from pypdf.generic import ArrayObject, DictionaryObject, NameObject, PdfObject
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.units import mm
 from reportlab.pdfbase import pdfmetrics
@@ -123,16 +122,6 @@ FONT_CACHE_SIZE = 32
 
 _font_lock = threading.Lock()
 _fonts_registered = False
-# Documents that only carry page content: their fonts come from a cached set (see `PdfLetterRenderer`).
-_content_only: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-class _PrintFont(TTFont):  # type: ignore[misc]  # reportlab has no type hints
-    """A TrueType font that writes no font objects into a document that only carries page content."""
-
-    def addObjects(self, doc: Any) -> None:
-        if doc not in _content_only:
-            super().addObjects(doc)
 
 
 def _register_fonts() -> None:
@@ -142,8 +131,8 @@ def _register_fonts() -> None:
         if _fonts_registered:
             return
         font_dir = os.path.join(os.path.dirname(reportlab.__file__), "fonts")
-        pdfmetrics.registerFont(_PrintFont(FONT, os.path.join(font_dir, "Vera.ttf")))
-        pdfmetrics.registerFont(_PrintFont(FONT_BOLD, os.path.join(font_dir, "VeraBd.ttf")))
+        pdfmetrics.registerFont(TTFont(FONT, os.path.join(font_dir, "Vera.ttf")))
+        pdfmetrics.registerFont(TTFont(FONT_BOLD, os.path.join(font_dir, "VeraBd.ttf")))
         _fonts_registered = True
 
 
@@ -251,7 +240,7 @@ class PdfLetterRenderer:
         pages = _paginate(flow)
 
         buf = io.BytesIO()
-        c = _new_canvas(buf, _SEED_CHARACTERS, content_only=True)
+        c = _new_canvas(buf, _SEED_CHARACTERS)
         c.setTitle(letter.subject)
         c.setAuthor(sender.name)
         for number, lines in enumerate(pages, start=1):
@@ -269,6 +258,9 @@ class PdfLetterRenderer:
             _draw_footer(c, shipment_id, number, len(pages) + extra_pages)
             c.showPage()
         key = _font_key(c)
+        # reportlab writes a document's TrueType font objects at save, for the fonts it lists here; these
+        # come from the cached set instead, so this document carries only the pages.
+        c._doc.delayedFonts.clear()
         c.save()
         return buf.getvalue(), key
 
@@ -312,13 +304,37 @@ class _FontResources:
     fonts: PdfObject
 
 
-def _new_canvas(buf: io.BytesIO, seed: Sequence[str], *, content_only: bool) -> Any:
+class _Serialized(PdfObject):
+    """A direct value that every letter shares as the bytes pypdf wrote for it once: the fonts' widths
+    arrays, a few hundred numbers that would otherwise be copied and written number by number for
+    every letter. Never changed after it is made, so copying it into a letter's writer is the object
+    itself."""
+
+    def __init__(self, value: PdfObject) -> None:
+        out = io.BytesIO()
+        value.write_to_stream(out)
+        self._data = out.getvalue()
+
+    def clone(
+        self,
+        pdf_dest: Any,
+        force_duplicate: bool = False,
+        ignore_fields: Sequence[str | int] | None = (),
+    ) -> _Serialized:
+        return self
+
+    def hash_bin(self) -> int:
+        return hash((self.__class__, self._data))
+
+    def write_to_stream(self, stream: Any) -> None:
+        stream.write(self._data)
+
+
+def _new_canvas(buf: io.BytesIO, seed: Sequence[str]) -> Any:
     # invariant=1: no creation time or random id in the file, so rendering is reproducible.
     c = canvas.Canvas(buf, pagesize=A4, invariant=1, pageCompression=1)
     # reportlab's own drawing code hands the canvas's document to the font the same way.
     doc = c._doc
-    if content_only:
-        _content_only.add(doc)
     for name, chars in zip(_FONTS, seed, strict=True):
         font = pdfmetrics.getFont(name)
         font.splitString(chars, doc)
@@ -343,7 +359,7 @@ def _build_font_resources(key: _FontKey) -> _FontResources:
     # meets them again; the others get their codes in the order they come, which is code order.
     seed = ["".join(map(chr, itertools.chain.from_iterable(font_subsets))) for _, font_subsets in subsets]
     buf = io.BytesIO()
-    c = _new_canvas(buf, seed, content_only=False)
+    c = _new_canvas(buf, seed)
     if _font_key(c) != key:
         # Only a change in how reportlab assigns codes could do this; a wrong font set would print
         # wrong characters, so refuse rather than guess.
@@ -354,6 +370,11 @@ def _build_font_resources(key: _FontKey) -> _FontResources:
     holder = PdfWriter()
     # raw_get: the reference to the font dictionary, which the copy then points to in `holder`.
     fonts = cast(DictionaryObject, page["/Resources"]).raw_get("/Font").clone(holder)
+    for font in cast(DictionaryObject, fonts.get_object()).values():
+        font_dict = cast(DictionaryObject, font.get_object())
+        widths = font_dict.raw_get("/Widths") if "/Widths" in font_dict else None
+        if isinstance(widths, ArrayObject):
+            font_dict[NameObject("/Widths")] = _Serialized(widths)
     return _FontResources(holder, fonts)
 
 
