@@ -12,6 +12,8 @@ import os
 import re
 import shutil
 import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,9 +23,11 @@ from PIL import Image
 from pypdf import PdfReader
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.units import mm
+from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfgen import canvas
 
 from kanalvaxel.adapters.print_file import (
+    FONT,
     MANIFEST_COLUMNS,
     REDACTED,
     WINDOW_HEIGHT_MM,
@@ -404,6 +408,138 @@ def test_address_page_looks_right_as_an_image(renderer: PdfLetterRenderer, tmp_p
         )
         # The band left of the window, at the window's height, stays empty: only the address shows.
         assert ink(0, WINDOW_TOP_MM, WINDOW_LEFT_MM - 1, WINDOW_TOP_MM + WINDOW_HEIGHT_MM) == 0
+
+
+# ------------------------------------------------------------------------------------------ font cache
+
+OTHER_SENDER = SenderInfo(
+    key="norrby",
+    organisation_number="2120000002",
+    name="Norrby stadsbyggnadskontor",
+    return_address=("Norrby stadsbyggnadskontor", "Stadshuset", "999 99 Norrby"),
+)
+# Ω is in the font but not among the characters every letter carries. In this sender's name only, so
+# in the bold font only: its letters need a font set of their own, and a cache keyed by less than all
+# of the subsets would print them with a set that lacks it.
+SYMBOL_SENDER = SenderInfo(
+    key="omega",
+    organisation_number="2120000003",
+    name="Ωmegaträsk kommun",
+    return_address=("Ωmegaträsk kommun", "Box 7", "888 88 Omegaträsk"),
+)
+SENDER_LINES = {
+    SENDER.key: ("Sandlådans kommun", "Box 1", "111 11 Sandby"),
+    OTHER_SENDER.key: ("Norrby stadsbyggnadskontor", "Stadshuset", "999 99 Norrby"),
+    SYMBOL_SENDER.key: ("Ωmegaträsk kommun", "Box 7", "888 88 Omegaträsk"),
+}
+
+
+def to(name: str, street: str, code: str = "41319", city: str = "Göteborg") -> Letter:
+    return make_letter(
+        recipient_info=RecipientInfo(name=name, postal_address=PostalAddress((street,), code, city))
+    )
+
+
+def uncached() -> PdfLetterRenderer:
+    return PdfLetterRenderer(FixedClock(datetime(2024, 5, 1, 22, 30, tzinfo=UTC)), font_cache_size=0)
+
+
+def test_letters_of_a_sender_share_one_font_set_and_come_out_as_if_built_alone(
+    renderer: PdfLetterRenderer, tmp_path: Path
+) -> None:
+    first, second = (
+        to("Åsa Öberg", "Ängsvägen 3"),
+        to("Tolvan Tolvansson", "Storgatan 12", "11122", "Stockholm"),
+    )
+
+    cached_pdfs = [renderer.render(letter, SENDER, SHIPMENT_ID) for letter in (first, second)]
+
+    info = renderer.font_cache_info()
+    assert (info.misses, info.hits, info.currsize) == (1, 1, 1)
+    alone = uncached()
+    for letter, pdf in zip((first, second), cached_pdfs, strict=True):
+        built_alone = alone.render(letter, SENDER, SHIPMENT_ID)
+        assert pdf == built_alone
+        assert pdftotext(pdf, tmp_path, "-layout") == pdftotext(built_alone, tmp_path, "-layout")
+    assert alone.font_cache_info().currsize == 0
+    assert "Tolvan Tolvansson\n" in pdftotext(cached_pdfs[1], tmp_path, "-l", "1")
+
+
+def test_letters_rendered_from_four_threads_at_once_are_the_same_as_rendered_one_by_one() -> None:
+    jobs = [
+        (to(name, f"Storgatan {i}"), sender, f"shp-{i}")
+        for i, (name, sender) in enumerate(
+            [
+                ("Åsa Öberg", SENDER),
+                ("Łukasz Čolić", OTHER_SENDER),
+                ("Jörgen Ωhman", SENDER),  # a character of its own: a font set of its own
+                ("Tolvan Tolvansson", SYMBOL_SENDER),
+            ]
+            * 6
+        )
+    ]
+    expected = [uncached().render(letter, sender, sid) for letter, sender, sid in jobs]
+    shared = PdfLetterRenderer(FixedClock(datetime(2024, 5, 1, 22, 30, tzinfo=UTC)))
+    start = threading.Barrier(4)
+
+    def render_all(offset: int) -> list[tuple[int, bytes]]:
+        start.wait()  # the cache is cold: threads may build and store the same font set at once
+        return [(i, shared.render(*jobs[i])) for i in range(offset, len(jobs), 4)]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = dict(pair for chunk in pool.map(render_all, range(4)) for pair in chunk)
+
+    assert [results[i] for i in range(len(jobs))] == expected
+    assert shared.font_cache_info().currsize == 3  # the common set, Ω in the name, the Ω sender
+
+
+def test_letters_of_different_senders_only_ever_show_their_own_sender(
+    renderer: PdfLetterRenderer, tmp_path: Path
+) -> None:
+    # Each sender twice, once to a recipient whose name needs a character of its own, in turns.
+    recipients = [to("Åsa Öberg", "Ängsvägen 3"), to("Jörgen Ωhman", "Storgatan 1")]
+    jobs = [(sender, letter) for letter in recipients for sender in (SENDER, SYMBOL_SENDER, OTHER_SENDER)]
+
+    for sender, letter in jobs:
+        pdf = renderer.render(letter, sender, SHIPMENT_ID)
+
+        head = pdftotext(pdf, tmp_path, "-f", "1", "-l", "1")
+        for key, lines in SENDER_LINES.items():
+            for line in lines:
+                assert (line in head) == (key == sender.key), (sender.key, line)
+        assert letter.recipient_info.name in head
+        assert pdf == uncached().render(letter, sender, SHIPMENT_ID)
+    # Sandby and Norrby keep to the common characters; Ω in the sender's name, the recipient's, or both.
+    assert renderer.font_cache_info().currsize == 4
+
+
+def test_the_font_cache_holds_no_more_sets_than_it_is_given(tmp_path: Path) -> None:
+    small = PdfLetterRenderer(FixedClock(datetime(2024, 5, 1, 22, 30, tzinfo=UTC)), font_cache_size=2)
+    letters = [to(f"Åsa {symbol}berg", "Ängsvägen 3") for symbol in "Ωπ∆≈"]  # four sets of subsets
+
+    first = [small.render(letter, SENDER, SHIPMENT_ID) for letter in letters]
+    info = small.font_cache_info()
+    assert (info.misses, info.currsize, info.maxsize) == (4, 2, 2)
+
+    again = small.render(letters[0], SENDER, SHIPMENT_ID)  # its set was pushed out: built anew, same bytes
+    assert small.font_cache_info().misses == 5
+    assert again == first[0]
+    assert "Åsa Ωberg" in pdftotext(again, tmp_path, "-l", "1")
+
+
+def test_every_character_of_the_font_prints_as_itself(renderer: PdfLetterRenderer, tmp_path: Path) -> None:
+    # More characters than one font subset holds, so the letter needs a second subset of the body font.
+    renderer.render(make_letter(), SENDER, SHIPMENT_ID)  # registers the fonts
+    face = pdfmetrics.getFont(FONT).face
+    # No-break space prints as a space; U+FFFF is not a character.
+    chars = [chr(c) for c in sorted(face.charToGlyph) if c > 0x7E and c not in (0xA0, 0xFFFF)]
+    assert len(chars) > 159
+    pdf = renderer.render(make_letter(body="".join(chars), attachments=()), SENDER, SHIPMENT_ID)
+
+    assert len(PdfReader(io.BytesIO(pdf)).pages) == 1
+    text = pdftotext(pdf, tmp_path)
+    assert [c for c in chars if c not in text] == []
+    assert pdf == uncached().render(make_letter(body="".join(chars), attachments=()), SENDER, SHIPMENT_ID)
 
 
 # ------------------------------------------------------------------------------------------------- spool

@@ -16,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
+import functools
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -29,11 +31,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import reportlab
 from pypdf import PasswordType, PdfReader, PdfWriter
+from pypdf.generic import ArrayObject, DictionaryObject, NameObject, PdfObject
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.units import mm
 from reportlab.pdfbase import pdfmetrics
@@ -46,6 +49,7 @@ from kanalvaxel.domain.model import BodyType, Letter, PostalAddress
 from kanalvaxel.ports import Clock, PrintBatchInfo, PrintLetterRecord, SenderInfo, StagedLetter
 
 __all__ = [
+    "FONT_CACHE_SIZE",
     "MANIFEST_COLUMNS",
     "REDACTED",
     "DirectoryPrintSpool",
@@ -98,6 +102,24 @@ LETTER_TIMEZONE = ZoneInfo("Europe/Stockholm")
 
 _SWEDEN = frozenset({"se", "swe", "sverige", "sweden"})
 
+#: Characters beyond ASCII that the fonts of every letter carry, whether the letter uses them or not
+#: (reportlab always embeds all of ASCII). Reportlab gives a character its code in a font subset in the
+#: order a document first uses it, so two letters with different names would embed different subsets;
+#: drawing starts by assigning these, in this order, so every letter that keeps to them has the same
+#: font objects, built once and cached (`PdfLetterRenderer`). The body font's set covers Swedish and
+#: the names of Sweden's larger language groups; bold only sets the subject and the sender's name. A
+#: letter with other characters prints all the same: they follow in order of use, and its fonts are
+#: built (and cached) for that set. Each glyph costs a letter's file 50-100 bytes.
+_SEED_CHARACTERS = (
+    "ÅÄÖåäöÆØæøÉéÈèÊêËëÁáÀàÂâÍíÓóÔôÚúÜüÑñÇçßČčĆćŠšŽžĐđŁłŞşĞğİı–—‘’“”„…•€§°½",
+    "ÅÄÖåäöÉéÜü–—’”…€§",
+)
+_FONTS = (FONT, FONT_BOLD)
+
+#: How many font sets a renderer keeps (about 200 kB of memory each); one serves every letter that keeps
+#: to `_SEED_CHARACTERS`.
+FONT_CACHE_SIZE = 32
+
 _font_lock = threading.Lock()
 _fonts_registered = False
 
@@ -148,10 +170,25 @@ class PdfLetterRenderer:
 
     The same letter, sender, shipment id and date give the same bytes, so a retried render stages an
     identical file.
+
+    Most of the work of rendering a letter is its two embedded fonts: reportlab subsetting and
+    compressing them, and pypdf reading them back to add the attachments. They are the same for every
+    letter whose characters keep to `_SEED_CHARACTERS`, so reportlab draws only the page content, and
+    the font objects come from a set built once for each distinct state of the fonts' subsets, kept in
+    a bounded cache (`font_cache_size` sets, the least recently used go first; 0 builds the set for
+    every letter). The cache key is everything the font objects depend on, so a letter has the same
+    bytes whether its set came from the cache or was built for it alone. Safe to call from several
+    threads at once: a cached set is never changed after it is built, only copied into each letter's
+    file.
     """
 
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(self, clock: Clock | None = None, *, font_cache_size: int = FONT_CACHE_SIZE) -> None:
         self._clock: Clock = clock or _SystemClock()
+        self._font_resources = functools.lru_cache(maxsize=font_cache_size)(_build_font_resources)
+
+    def font_cache_info(self) -> functools._CacheInfo:
+        """Hits, misses and size of this renderer's font cache (for tests and benchmarks)."""
+        return self._font_resources.cache_info()
 
     def render(self, letter: Letter, sender: SenderInfo, shipment_id: str) -> bytes:
         address = _address_block(letter)
@@ -162,9 +199,14 @@ class PdfLetterRenderer:
         ]
         # "Sida 1 (4)": the number of sheets' sides in the envelope, the attachments' pages included.
         extra_pages = sum(len(reader.pages) for reader, _, _ in attached)
-        cover = self._draw_letter(letter, sender, shipment_id, address, extra_pages)
+        content, key = self._draw_letter(letter, sender, shipment_id, address, extra_pages)
         writer = PdfWriter()
-        writer.append(PdfReader(io.BytesIO(cover)))
+        # Copied, not shared: a letter's file owns its objects, and the cached set stays untouched.
+        fonts = self._font_resources(key).fonts.clone(writer)
+        for page in PdfReader(io.BytesIO(content)).pages:
+            resources = cast(DictionaryObject, page["/Resources"])  # reportlab writes them inline
+            resources[NameObject("/Font")] = fonts
+            writer.add_page(page)
         for reader, field, filename in attached:
             _append(writer, reader, field, filename)
         # pypdf derives the file identifier from the content when none is set, so output stays reproducible.
@@ -174,7 +216,9 @@ class PdfLetterRenderer:
 
     def _draw_letter(
         self, letter: Letter, sender: SenderInfo, shipment_id: str, address: list[str], extra_pages: int
-    ) -> bytes:
+    ) -> tuple[bytes, _FontKey]:
+        """The letter's own pages, drawn by reportlab without font objects, and the key of the font
+        set they need."""
         content_width = PAGE_WIDTH - (MARGIN_LEFT_MM + MARGIN_RIGHT_MM) * mm
         flow = [
             _Line(t, FONT_BOLD, SUBJECT_FONT_SIZE, SUBJECT_LEADING)
@@ -196,8 +240,7 @@ class PdfLetterRenderer:
         pages = _paginate(flow)
 
         buf = io.BytesIO()
-        # invariant=1: no creation time or random id in the file, so rendering is reproducible.
-        c = canvas.Canvas(buf, pagesize=A4, invariant=1, pageCompression=1)
+        c = _new_canvas(buf, _SEED_CHARACTERS)
         c.setTitle(letter.subject)
         c.setAuthor(sender.name)
         for number, lines in enumerate(pages, start=1):
@@ -214,8 +257,12 @@ class PdfLetterRenderer:
                     c.drawString(MARGIN_LEFT_MM * mm, y, line.text)
             _draw_footer(c, shipment_id, number, len(pages) + extra_pages)
             c.showPage()
+        key = _font_key(c)
+        # reportlab writes a document's TrueType font objects at save, for the fonts it lists here; these
+        # come from the cached set instead, so this document carries only the pages.
+        c._doc.delayedFonts.clear()
         c.save()
-        return buf.getvalue()
+        return buf.getvalue(), key
 
     def _draw_head(self, c: Any, letter: Letter, sender: SenderInfo) -> None:
         x = MARGIN_LEFT_MM * mm
@@ -240,6 +287,95 @@ class PdfLetterRenderer:
         if letter.case_reference:
             y -= 12
             c.drawString(x, y, _fit(f"Diarienummer: {letter.case_reference.strip()}", FONT, 9, width))
+
+
+# What reportlab's font objects in a document depend on, and so the key of a cached font set: the
+# internal name of every font in the document (F1 is the Helvetica of reportlab's page preamble) and,
+# for each of our fonts, the characters of each subset in code order.
+_FontKey = tuple[tuple[tuple[str, str], ...], tuple[tuple[str, tuple[tuple[int, ...], ...]], ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class _FontResources:
+    """A page's /Font dictionary with the font objects it points to, held by a writer of its own that
+    nothing writes to after it is built; letters copy from it."""
+
+    holder: PdfWriter
+    fonts: PdfObject
+
+
+class _Serialized(PdfObject):
+    """A direct value that every letter shares as the bytes pypdf wrote for it once: the fonts' widths
+    arrays, a few hundred numbers that would otherwise be copied and written number by number for
+    every letter. Never changed after it is made, so copying it into a letter's writer is the object
+    itself."""
+
+    def __init__(self, value: PdfObject) -> None:
+        out = io.BytesIO()
+        value.write_to_stream(out)
+        self._data = out.getvalue()
+
+    def clone(
+        self,
+        pdf_dest: Any,
+        force_duplicate: bool = False,
+        ignore_fields: Sequence[str | int] | None = (),
+    ) -> _Serialized:
+        return self
+
+    def hash_bin(self) -> int:
+        return hash((self.__class__, self._data))
+
+    def write_to_stream(self, stream: Any) -> None:
+        stream.write(self._data)
+
+
+def _new_canvas(buf: io.BytesIO, seed: Sequence[str]) -> Any:
+    # invariant=1: no creation time or random id in the file, so rendering is reproducible.
+    c = canvas.Canvas(buf, pagesize=A4, invariant=1, pageCompression=1)
+    # reportlab's own drawing code hands the canvas's document to the font the same way.
+    doc = c._doc
+    for name, chars in zip(_FONTS, seed, strict=True):
+        font = pdfmetrics.getFont(name)
+        font.splitString(chars, doc)
+        font.getSubsetInternalName(0, doc)  # names the font (F2, F3) before the drawing order could
+    return c
+
+
+def _font_key(c: Any) -> _FontKey:
+    doc = c._doc
+    subsets = tuple(
+        (name, tuple(tuple(subset) for subset in pdfmetrics.getFont(name).state[doc].subsets))
+        for name in _FONTS
+    )
+    return tuple(sorted(doc.fontMapping.items())), subsets
+
+
+def _build_font_resources(key: _FontKey) -> _FontResources:
+    """The font objects reportlab writes for a document whose fonts are in the state `key` describes:
+    a page with nothing on it, its fonts assigned the same characters in the same order."""
+    _, subsets = key
+    # Characters already assigned (ASCII, the notdef placeholder, the space) are skipped as reportlab
+    # meets them again; the others get their codes in the order they come, which is code order.
+    seed = ["".join(map(chr, itertools.chain.from_iterable(font_subsets))) for _, font_subsets in subsets]
+    buf = io.BytesIO()
+    c = _new_canvas(buf, seed)
+    if _font_key(c) != key:
+        # Only a change in how reportlab assigns codes could do this; a wrong font set would print
+        # wrong characters, so refuse rather than guess.
+        raise RuntimeError("the font subsets of a letter could not be rebuilt")
+    c.showPage()
+    c.save()
+    page = PdfReader(io.BytesIO(buf.getvalue())).pages[0]
+    holder = PdfWriter()
+    # raw_get: the reference to the font dictionary, which the copy then points to in `holder`.
+    fonts = cast(DictionaryObject, page["/Resources"]).raw_get("/Font").clone(holder)
+    for font in cast(DictionaryObject, fonts.get_object()).values():
+        font_dict = cast(DictionaryObject, font.get_object())
+        widths = font_dict.raw_get("/Widths") if "/Widths" in font_dict else None
+        if isinstance(widths, ArrayObject):
+            font_dict[NameObject("/Widths")] = _Serialized(widths)
+    return _FontResources(holder, fonts)
 
 
 def _draw_address(c: Any, lines: list[str]) -> None:
