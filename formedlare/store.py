@@ -7,7 +7,6 @@ stored. SQLite (WAL, one writer, ``BEGIN IMMEDIATE``) and PostgreSQL are both su
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import QueuePool
+
+from formedlare.sqlite_writer import LockingConnection, WriterLock, lock_file_for
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -175,11 +176,12 @@ def make_engine(url: str) -> Engine:
         poolclass=QueuePool,
         pool_size=8,
         max_overflow=24,
-        connect_args={"timeout": 30, "check_same_thread": False},
+        connect_args={"timeout": 30, "check_same_thread": False, "factory": LockingConnection},
     )
+    writer_lock = WriterLock(lock_file_for(database))
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+    def _on_connect(dbapi_conn: LockingConnection, _record: Any) -> None:
         # We issue BEGIN ourselves: pysqlite's implicit BEGIN is DEFERRED, and a deferred transaction that
         # later writes fails with "database is locked" instead of waiting its turn.
         dbapi_conn.isolation_level = None
@@ -189,10 +191,12 @@ def make_engine(url: str) -> Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
+        dbapi_conn.writer_lock = writer_lock
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # The turn among writers (formedlare.sqlite_writer), then BEGIN IMMEDIATE.
+        conn.connection.dbapi_connection.begin_write()
 
     return engine
 
