@@ -329,7 +329,8 @@ class UnitOfWork(Protocol):
     def add_shipment(
         self, shipment: ShipmentRecord, letter_json: Mapping[str, object], attachments: Sequence[Attachment]
     ) -> None:
-        """Insert the shipment and its content. Raises DuplicateIdempotencyKeyError (nothing written)."""
+        """Insert the shipment and its content. Raises DuplicateIdempotencyKeyError (nothing written; the
+        unit of work can then only be left, which rolls it back)."""
         ...
 
     def shipment_by_idempotency_key(self, client_id: str, key: str) -> ShipmentRecord | None: ...

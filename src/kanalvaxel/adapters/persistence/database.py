@@ -1,14 +1,96 @@
-"""Engines: SQLite (WAL, one writer, BEGIN IMMEDIATE) by default, PostgreSQL for production."""
+"""Engines: SQLite (WAL, one writer, BEGIN IMMEDIATE) by default, PostgreSQL for production.
+
+On SQLite a transaction that only reads (READ_ONLY) begins deferred and waits for no writer; the writers of
+one process take turns on a lock of their own (WriterLock) before they meet at SQLite's."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import QueuePool
+
+#: What every SQLite connection is set to (bench/intake.py gives its bare endpoint the same).
+SQLITE_PRAGMAS = ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=30000")
+#: How long a writer waits for another one, in this process (the writer lock) or in another (busy_timeout).
+SQLITE_WRITER_WAIT_SECONDS = 30.0
+#: Whether the writers of one process take turns on a lock of their own before SQLite's (bench/intake.py
+#: turns it off to compare).
+SQLITE_WRITER_LOCK = True
+#: The execution option (Session(execution_options=...)) of a transaction that only reads: on SQLite it
+#: starts with a deferred BEGIN, which reads a snapshot of the WAL and waits for no writer.
+READ_ONLY = "kanalvaxel_read_only"
+
+
+class WriterLock:
+    """The turn of one writer among the threads of this process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holder: int | None = None
+
+    def acquire(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the turn; False if it did not come. A thread that holds it
+        already (a second write transaction opened inside the first) does not wait: SQLite refuses that
+        second one after busy_timeout, as it always has."""
+        if self._holder == threading.get_ident():
+            return False
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        self._holder = threading.get_ident()
+        return True
+
+    def release(self) -> None:
+        self._holder = None
+        self._lock.release()
+
+    @property
+    def held(self) -> bool:
+        return self._lock.locked()
+
+
+_writer_locks: weakref.WeakKeyDictionary[Engine, WriterLock] = weakref.WeakKeyDictionary()
+
+
+def writer_lock(engine: Engine) -> WriterLock | None:
+    """The writer lock of a SQLite engine made by make_engine (None for other engines, or when it is off)."""
+    return _writer_locks.get(engine)
+
+
+class _SqliteConnection(sqlite3.Connection):
+    """A connection that hands the engine's writer lock back when its write transaction ends, however it
+    ends: commit, rollback (also the pool's reset on return) or close."""
+
+    writer_lock: WriterLock | None = None
+    holds_writer_lock = False
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self.release_writer_lock()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self.release_writer_lock()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.release_writer_lock()
+
+    def release_writer_lock(self) -> None:
+        if self.holds_writer_lock and self.writer_lock is not None:
+            self.holds_writer_lock = False
+            self.writer_lock.release()
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:
@@ -27,9 +109,16 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             poolclass=QueuePool,
             pool_size=8,
             max_overflow=24,
-            connect_args={"timeout": 30, "check_same_thread": False},
+            connect_args={
+                "timeout": SQLITE_WRITER_WAIT_SECONDS,
+                "check_same_thread": False,
+                "factory": _SqliteConnection,
+            },
         )
-        _sqlite_pragmas(engine)
+        lock = WriterLock() if SQLITE_WRITER_LOCK else None
+        if lock is not None:
+            _writer_locks[engine] = lock
+        _sqlite_pragmas(engine, lock)
         return engine
     return create_engine(
         url,
@@ -42,19 +131,33 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     )
 
 
-def _sqlite_pragmas(engine: Engine) -> None:
+def _sqlite_pragmas(engine: Engine, writer_lock: WriterLock | None) -> None:
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+    def _on_connect(dbapi_conn: _SqliteConnection, _record: Any) -> None:
         # We issue BEGIN ourselves (below); pysqlite's own implicit BEGIN is DEFERRED, and a deferred
         # transaction that later writes can fail with "database is locked" instead of waiting.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
+        for pragma in SQLITE_PRAGMAS:
+            cur.execute(f"PRAGMA {pragma}")
         cur.close()
+        dbapi_conn.writer_lock = writer_lock
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if conn.get_execution_options().get(READ_ONLY):
+            conn.exec_driver_sql("BEGIN")
+            return
+        # SQLite has one writer at a time. A writer that finds the file locked sleeps and tries again (1, 2,
+        # 5, ... up to 100 ms at a time) until busy_timeout; waiting on a lock of our own instead, the
+        # next writer of this process starts the moment the last one commits. Writers of other processes
+        # (a separate `kanalvaxel worker`) still meet at SQLite's lock.
+        dbapi_conn = conn.connection.dbapi_connection
+        lock = dbapi_conn.writer_lock
+        if lock is not None and not dbapi_conn.holds_writer_lock:
+            dbapi_conn.holds_writer_lock = lock.acquire(timeout=SQLITE_WRITER_WAIT_SECONDS)
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            dbapi_conn.release_writer_lock()
+            raise
