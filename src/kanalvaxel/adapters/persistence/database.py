@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import QueuePool
 
 #: What every SQLite connection is set to (bench/intake.py gives its bare endpoint the same).
@@ -145,19 +146,28 @@ def _sqlite_pragmas(engine: Engine, writer_lock: WriterLock | None) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
+        # Straight to the driver: through exec_driver_sql a BEGIN cost as much as the SELECT after it.
+        dbapi_conn: _SqliteConnection = conn.connection.dbapi_connection
         if conn.get_execution_options().get(READ_ONLY):
-            conn.exec_driver_sql("BEGIN")
+            _begin(dbapi_conn, "BEGIN")
             return
         # SQLite has one writer at a time. A writer that finds the file locked sleeps and tries again (1, 2,
         # 5, ... up to 100 ms at a time) until busy_timeout; waiting on a lock of our own instead, the
         # next writer of this process starts the moment the last one commits. Writers of other processes
         # (a separate `kanalvaxel worker`) still meet at SQLite's lock.
-        dbapi_conn = conn.connection.dbapi_connection
         lock = dbapi_conn.writer_lock
         if lock is not None and not dbapi_conn.holds_writer_lock:
             dbapi_conn.holds_writer_lock = lock.acquire(timeout=SQLITE_WRITER_WAIT_SECONDS)
         try:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            _begin(dbapi_conn, "BEGIN IMMEDIATE")
         except BaseException:
             dbapi_conn.release_writer_lock()
             raise
+
+
+def _begin(dbapi_conn: sqlite3.Connection, statement: str) -> None:
+    try:
+        dbapi_conn.execute(statement)
+    except sqlite3.Error as exc:
+        # As SQLAlchemy would have raised it ("database is locked" is an outage: repository._outage).
+        raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
