@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -35,10 +37,17 @@ def tree_rss(pid: int) -> int:
 
 
 def start_serve(
-    database_url: str, root: Path, certs: Path, **settings: str
+    database_url: str,
+    root: Path,
+    certs: Path,
+    *,
+    options: Sequence[str] = (),
+    launcher: Sequence[str] = (),
+    **settings: str,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """`kanalvaxel serve` in `root` (var/, spool and serve.log there), ready: (process, base URL).
-    `settings` are extra KANALVAXEL_* variables; the worker polls at its default interval (production)."""
+    `options` go on serve's command line; `launcher` (a script and its arguments) runs instead of the
+    `kanalvaxel` command; `settings` are extra KANALVAXEL_* variables; the worker polls every 0.5 s."""
     port = free_port()
     env = process_env(
         database_url,
@@ -50,7 +59,13 @@ def start_serve(
         **settings,
     )
     log = root / "serve.log"
-    proc = start(["serve"], env, root, log)
+    if launcher:
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, *launcher, "serve", *options], env=env, cwd=root, stdout=out, stderr=out
+            )
+    else:
+        proc = start(["serve", *options], env, root, log)
     base = f"http://127.0.0.1:{port}"
     with httpx.Client(base_url=base, timeout=30, trust_env=False) as http:
         wait_ready(http, log)

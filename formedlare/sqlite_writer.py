@@ -96,20 +96,16 @@ def lock_file_for(database: str | None) -> Path | None:
 
 class LockingConnection(sqlite3.Connection):
     """A connection that gives its writer lock back when its write transaction ends: commit, rollback (the
-    pool's reset on return too) or close. `begin_write` takes it and begins."""
+    pool's reset on return too) or close. `take_writer_lock` takes it before BEGIN IMMEDIATE."""
 
     writer_lock: WriterLock | None = None
     holds_writer_lock = False
 
-    def begin_write(self) -> None:
+    def take_writer_lock(self) -> None:
+        """Wait for the writers' turn (at most WAIT_SECONDS; then SQLite's own lock decides)."""
         lock = self.writer_lock
         if lock is not None and not self.holds_writer_lock:
             self.holds_writer_lock = lock.acquire()
-        try:
-            self.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            self.release_writer_lock()
-            raise
 
     def commit(self) -> None:
         try:

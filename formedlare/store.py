@@ -196,7 +196,13 @@ def make_engine(url: str) -> Engine:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         # The turn among writers (formedlare.sqlite_writer), then BEGIN IMMEDIATE.
-        conn.connection.dbapi_connection.begin_write()
+        dbapi_conn: LockingConnection = conn.connection.dbapi_connection
+        dbapi_conn.take_writer_lock()
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            dbapi_conn.release_writer_lock()
+            raise
 
     return engine
 

@@ -124,8 +124,8 @@ def build(settings: Settings, *, clock: Clock | None = None, outside_world: bool
     engine = make_engine(settings.database.url, echo=settings.database.echo)
     sessions = unit_of_work_factory(engine)
 
-    def uow() -> UnitOfWork:
-        return SqlUnitOfWork(sessions)
+    def uow(*, read_only: bool = False) -> UnitOfWork:
+        return SqlUnitOfWork(sessions, read_only=read_only)
 
     senders = {
         s.key: SenderInfo(s.key, s.organisation_number, s.name, tuple(s.return_address))
@@ -222,7 +222,9 @@ def build(settings: Settings, *, clock: Clock | None = None, outside_world: bool
             ),
             senders,
         ),
-        clients=ClientService(uow, clock, senders.keys()),
+        clients=ClientService(
+            uow, clock, senders.keys(), remember_for=timedelta(seconds=settings.api.key_cache_seconds)
+        ),
         queries=ShipmentQueries(uow, clock, policy, senders, facts),
         printing=printing,
         digital_mail=digital_mail,

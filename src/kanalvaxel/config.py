@@ -224,6 +224,9 @@ class ApiSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     public_url: str | None = None
+    #: How long a verified API key is accepted without asking the database again. A key revoked with
+    #: `kanalvaxel clients revoke` is refused by a running `serve` within this time; 0 asks every time.
+    key_cache_seconds: float = Field(default=5.0, ge=0, le=60)
 
 
 class Settings(BaseSettings):

@@ -319,10 +319,6 @@ class UnitOfWork(Protocol):
 
     def commit(self) -> None: ...
 
-    def read_only(self) -> None:
-        """Declare, before the first statement, that this unit only reads (SQLite: no write lock taken)."""
-        ...
-
     def savepoint(self) -> AbstractContextManager[None]:
         """A block whose writes are undone if it raises, while the rest of the transaction stays."""
         ...
@@ -338,7 +334,8 @@ class UnitOfWork(Protocol):
     def add_shipment(
         self, shipment: ShipmentRecord, letter_json: Mapping[str, object], attachments: Sequence[Attachment]
     ) -> None:
-        """Insert the shipment and its content. Raises DuplicateIdempotencyKeyError (nothing written)."""
+        """Insert the shipment and its content. Raises DuplicateIdempotencyKeyError (nothing written; the
+        unit of work can then only be left, which rolls it back)."""
         ...
 
     def shipment_by_idempotency_key(self, client_id: str, key: str) -> ShipmentRecord | None: ...

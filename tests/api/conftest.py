@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from kanalvaxel.bootstrap import Container, build
 from kanalvaxel.config import SANDBOX_SENDER_KEY, load_settings
 from kanalvaxel.entrypoints.api.app import create_app
+from kanalvaxel.ports import Clock
 
 from .helpers import MakeContainer
 
@@ -32,10 +33,13 @@ def _no_config_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 @pytest.fixture
 def make_container(tmp_path: Path, dev_certs: Path) -> Iterator[MakeContainer]:
     """Build containers from settings overrides (keyword arguments of load_settings); the database is a
-    SQLite file in tmp_path unless `database_url` is given. Migrated unless `migrate=False`."""
+    SQLite file in tmp_path unless `database_url` is given. Migrated unless `migrate=False`; the system
+    clock unless `clock` is given."""
     made: list[Container] = []
 
-    def make(*, database_url: str | None = None, migrate: bool = True, **overrides: Any) -> Container:
+    def make(
+        *, database_url: str | None = None, migrate: bool = True, clock: Clock | None = None, **overrides: Any
+    ) -> Container:
         # No simulators unless a test asks for them.
         overrides.setdefault("mina_meddelanden", {"enabled": False})
         overrides.setdefault("email", {"enabled": False})
@@ -47,7 +51,7 @@ def make_container(tmp_path: Path, dev_certs: Path) -> Iterator[MakeContainer]:
             dev_certs_dir=dev_certs,
             **overrides,
         )
-        container = build(settings)
+        container = build(settings, clock=clock)
         made.append(container)
         if migrate:
             container.migrate()

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
+from typing import cast
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from kanalvaxel.bootstrap import Container
+from kanalvaxel.config import SANDBOX_SENDER_KEY
 from kanalvaxel.entrypoints.api.app import create_app
+from kanalvaxel.ports import ClientRecord, UnitOfWork
+from kanalvaxel.services.clients import ClientService
+from tests.integration.conftest import ManualClock
 
 from .helpers import NOTHING_WRITTEN, TOLVAN, MakeContainer, assert_problem, headers, payload, row_counts
 
@@ -53,6 +59,84 @@ def test_a_revoked_key_is_401_at_once(http: TestClient, container: Container, ap
     assert "revoked" in r.json()["detail"]
     assert row_counts(container) == {"shipments": 1, "shipment_events": 1, "work_items": 1}
     _assert_401(http.get(f"/v1/recipients/{TOLVAN}/channels", headers=headers(api_key)))
+
+
+def test_a_key_revoked_by_another_process_is_refused_once_the_key_cache_time_is_up(
+    make_container: MakeContainer,
+) -> None:
+    clock = ManualClock()
+    serving = make_container(clock=clock)  # the running `kanalvaxel serve`
+    elsewhere = make_container(
+        migrate=False
+    )  # `kanalvaxel clients revoke`: the same database, its own process
+    key = serving.clients.add("case-system-a", [SANDBOX_SENDER_KEY]).api_key
+    with TestClient(create_app(serving)) as http:
+        assert http.post("/v1/shipments", json=payload(), headers=headers(key, "idem-1")).status_code == 202
+        elsewhere.clients.revoke("case-system-a")
+        # Within api.key_cache_seconds (5 s) the service goes on with the key as it verified it ...
+        clock.advance(seconds=4.9)
+        assert http.post("/v1/shipments", json=payload(), headers=headers(key, "idem-2")).status_code == 202
+        # ... and asks the database again once that time is up.
+        clock.advance(seconds=0.1)
+        _assert_401(http.post("/v1/shipments", json=payload(), headers=headers(key, "idem-3")))
+        _assert_401(http.get(f"/v1/recipients/{TOLVAN}/channels", headers=headers(key)))
+    assert row_counts(serving)["shipments"] == 2
+
+
+def test_without_a_key_cache_a_key_revoked_by_another_process_is_refused_at_once(
+    make_container: MakeContainer,
+) -> None:
+    serving = make_container(api={"key_cache_seconds": 0})
+    elsewhere = make_container(migrate=False)
+    key = serving.clients.add("case-system-a", [SANDBOX_SENDER_KEY]).api_key
+    with TestClient(create_app(serving)) as http:
+        assert http.post("/v1/shipments", json=payload(), headers=headers(key, "idem-1")).status_code == 202
+        elsewhere.clients.revoke("case-system-a")
+        _assert_401(http.post("/v1/shipments", json=payload(), headers=headers(key, "idem-2")))
+
+
+def test_a_forged_secret_is_401_while_the_real_key_is_remembered(
+    http: TestClient, container: Container, api_key: str
+) -> None:
+    assert http.post("/v1/shipments", json=payload(), headers=headers(api_key)).status_code == 202
+    prefix, key_id, secret = api_key.split("_", 2)
+    forged = f"{prefix}_{key_id}_{'x' * len(secret)}"
+    _assert_401(http.post("/v1/shipments", json=payload(), headers=headers(forged, "idem-2")))
+    assert row_counts(container)["shipments"] == 1
+
+
+def test_a_lookup_that_began_before_a_revocation_is_not_remembered(container: Container) -> None:
+    """A request whose key was read from the database just before the key was revoked here may still go
+    through (it was in flight), but the key must not be remembered as valid after the revocation."""
+    clock = ManualClock()
+    revoke_during_lookup: list[ClientService] = []
+
+    def uow(*, read_only: bool = False) -> UnitOfWork:
+        inner = container.uow(read_only=read_only)
+        if not (read_only and revoke_during_lookup):
+            return inner
+
+        class RevokingRead:
+            def __enter__(self) -> UnitOfWork:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                inner.__exit__(*exc)
+                revoke_during_lookup.pop().revoke("case-system-a")
+
+            def client_by_key_id(self, key_id: str) -> ClientRecord | None:
+                return inner.client_by_key_id(key_id)
+
+        inner.__enter__()
+        return cast(UnitOfWork, RevokingRead())
+
+    service = ClientService(uow, clock, [SANDBOX_SENDER_KEY], remember_for=timedelta(seconds=5))
+    key = service.add("case-system-a", [SANDBOX_SENDER_KEY]).api_key
+    revoke_during_lookup.append(service)
+    assert service.authenticate(key) is not None  # read before the revocation
+    assert not revoke_during_lookup
+    assert service.remembered(key) is None
+    assert service.authenticate(key) is None
 
 
 @pytest.mark.parametrize(

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sqlite3
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
 
+from kanalvaxel.adapters.persistence import database
 from kanalvaxel.config import SANDBOX_SENDER_KEY
 from kanalvaxel.entrypoints.api.app import create_app
 
-from .helpers import MakeContainer, headers, payload
+from .helpers import MakeContainer, headers, payload, row_counts
 
 
 class CuttableRelay:
@@ -155,3 +158,33 @@ def test_a_database_that_was_never_migrated_is_a_bug_with_a_traceback_not_an_out
     assert r.status_code == 500  # "no such table" would never pass by waiting: no Retry-After
     assert "Retry-After" not in r.headers
     assert any(rec.exc_info is not None for rec in caplog.records)
+
+
+def test_a_sqlite_file_another_process_keeps_locked_is_a_503_and_then_works(
+    make_container: MakeContainer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Another process (a `kanalvaxel worker`, a backup) holds SQLite's write lock past busy_timeout: the
+    letter is refused with 503, nothing stored, and accepted once the lock is let go."""
+    monkeypatch.setattr(
+        database,
+        "SQLITE_PRAGMAS",
+        tuple("busy_timeout=200" if p.startswith("busy_timeout=") else p for p in database.SQLITE_PRAGMAS),
+    )
+    container = make_container()
+    key = container.clients.add("case-system-a", [SANDBOX_SENDER_KEY]).api_key
+    other = sqlite3.connect(tmp_path / "kanalvaxel.db", isolation_level=None)
+    with TestClient(create_app(container)) as http:
+        http.get("/v1/shipments/x", headers=headers(key))  # the key is remembered: no read needed below
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            r = http.post("/v1/shipments", json=payload(), headers=headers(key, "locked"))
+            assert r.status_code == 503, r.text
+            assert r.json()["type"] == "urn:kanalvaxel:problem:unavailable"
+            # Readers are not kept waiting by a writer.
+            assert http.get("/v1/shipments/x", headers=headers(key)).status_code == 404
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        again = http.post("/v1/shipments", json=payload(), headers=headers(key, "locked"))
+        assert again.status_code == 202, again.text
+    assert row_counts(container)["shipments"] == 1

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from collections import Counter
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,10 +17,10 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import func, select, text
 
 from kanalvaxel.adapters.persistence import migrate
-from kanalvaxel.adapters.persistence.database import make_engine
+from kanalvaxel.adapters.persistence.database import make_engine, writer_lock
 from kanalvaxel.adapters.persistence.tables import Base, WorkItemRow
 from kanalvaxel.bootstrap import Container
-from kanalvaxel.ports import ClientRecord, LeaseLostError
+from kanalvaxel.ports import ClientRecord, DuplicateIdempotencyKeyError, LeaseLostError
 from tests.integration.conftest import ManualClock, make_letter
 
 
@@ -191,3 +194,97 @@ def test_one_live_work_item_per_shipment_is_enforced_by_the_database(
     (sid,) = _submit(container, client, 1)
     with container.uow() as uow, pytest.raises(IntegrityError):
         uow.enqueue(sid, clock.now(), clock.now())
+
+
+def test_a_read_only_unit_of_work_cannot_commit(container: Container, client: ClientRecord) -> None:
+    (sid,) = _submit(container, client, 1)
+    with container.uow(read_only=True) as uow:
+        assert uow.shipment(sid) is not None
+        with pytest.raises(RuntimeError, match="read-only"):
+            uow.commit()
+
+
+def test_a_reader_does_not_wait_for_a_writer(container: Container, client: ClientRecord) -> None:
+    """While a write transaction is open (on SQLite: the one writer's lock is held), a read-only unit of
+    work reads what was committed before it, at once, instead of waiting for the lock."""
+    (sid,) = _submit(container, client, 1)
+    writing, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with container.uow() as uow:
+            shp = uow.shipment(sid)
+            assert shp is not None
+            uow.save_shipment(replace(shp, subject="Ändrat beslut"))
+            writing.set()
+            release.wait(30)
+            uow.commit()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert writing.wait(10)
+        started = time.monotonic()
+        with container.uow(read_only=True) as uow:
+            seen = uow.shipment(sid)
+        waited = time.monotonic() - started
+    finally:
+        release.set()
+        thread.join()
+    assert seen is not None
+    assert seen.subject == "Beslut om bygglov"
+    assert waited < 5  # a reader that waited for the writer would have waited 30 s (busy_timeout)
+    with container.uow(read_only=True) as uow:
+        after = uow.shipment(sid)
+    assert after is not None
+    assert after.subject == "Ändrat beslut"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # PostgreSQL has no one writer
+def test_a_writer_hands_back_its_turn_however_its_transaction_ends(
+    container: Container, client: ClientRecord
+) -> None:
+    """SQLite's writers of one process take turns on a lock: held from BEGIN IMMEDIATE to the end of the
+    transaction, whichever way it ends, and never by a reader."""
+    lock = writer_lock(container.engine)
+    assert lock is not None
+    (sid,) = _submit(container, client, 1)
+    assert not lock.held  # committed
+    with container.uow(read_only=True) as uow:
+        first = uow.shipment(sid)
+        assert not lock.held
+    assert first is not None
+    with container.uow() as uow:
+        uow.shipment(sid)
+        assert lock.held
+    assert not lock.held  # rolled back when the block was left without commit
+    # The same idempotency key again: refused by the database inside the write transaction.
+    with pytest.raises(DuplicateIdempotencyKeyError), container.uow() as uow:
+        uow.add_shipment(replace(first, id=str(uuid.uuid4())), {}, ())
+    assert not lock.held
+    with container.engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+        assert lock.held
+    assert not lock.held  # the pool's reset of a connection given back mid-transaction
+
+
+def test_writers_in_many_threads_all_get_their_turn(container: Container, client: ClientRecord) -> None:
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def submit(t: int) -> None:
+        start.wait()
+        try:
+            for i in range(6):
+                container.intake.submit(client, f"t{t}-{i}", f"hash-{t}-{i}", make_letter())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with container.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM shipments")).scalar_one() == 48
+        assert conn.execute(text("SELECT count(*) FROM work_items")).scalar_one() == 48

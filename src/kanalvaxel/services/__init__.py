@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Protocol
 
 from kanalvaxel.ports import UnitOfWork
 
-UowFactory = Callable[[], UnitOfWork]
+
+class UowFactory(Protocol):
+    def __call__(self, *, read_only: bool = False) -> UnitOfWork:
+        """A new unit of work. `read_only`: it only reads (and cannot commit), so it waits for no writer
+        (on SQLite it reads a snapshot instead of taking the one writer's lock)."""
+        ...

@@ -135,8 +135,7 @@ class Dispatcher:
         if not claims:
             return
         ids = [c.shipment_id for c in claims]
-        with self._uow() as uow:
-            uow.read_only()
+        with self._uow(read_only=True) as uow:
             shipments = uow.shipments(ids)
             contents = uow.letter_contents(ids)
         # Whatever needs the network before a decision (FaR, certificate lookups) happens here, outside any

@@ -53,8 +53,7 @@ class IntakeService:
             raise ValidationError("sender", f"unknown sender identity {letter.sender!r}")
         if letter.sender not in client.senders:
             raise ForbiddenError(f"this client may not send as {letter.sender!r}")
-        with self._uow() as uow:
-            existing = uow.shipment_by_idempotency_key(client.id, idempotency_key)
+        existing = self._by_key(client, idempotency_key)
         if existing is not None:
             return self._same(existing, request_hash)
         letter = check_letter(check_texts(letter), self._limits)
@@ -80,28 +79,32 @@ class IntakeService:
             accepted_at=now,
             updated_at=now,
         )
-        with self._uow() as uow:
-            try:
-                uow.add_shipment(record, letter_to_json(letter), letter.attachments)
-            except DuplicateIdempotencyKeyError:
-                # Another request with the same key won the race; it is committed, so we can read it.
-                existing = uow.shipment_by_idempotency_key(client.id, idempotency_key)
-                assert existing is not None
-                return self._same(existing, request_hash)
-            uow.add_event(
-                record.id,
-                EventRecord(
-                    at=now,
-                    type=EventType.ACCEPTED.value,
-                    message="Försändelsen togs emot och köades för leverans.",
-                    state=ShipmentState.ACCEPTED.value,
-                    details={"attachments": len(letter.attachments)},
-                ),
-            )
-            uow.enqueue(record.id, not_before=now, now=now)
-            uow.commit()
+        content = letter_to_json(letter)
+        accepted = EventRecord(
+            at=now,
+            type=EventType.ACCEPTED.value,
+            message="Försändelsen togs emot och köades för leverans.",
+            state=ShipmentState.ACCEPTED.value,
+            details={"attachments": len(letter.attachments)},
+        )
+        # Everything is ready before the transaction begins: on SQLite it holds the one writer lock.
+        try:
+            with self._uow() as uow:
+                uow.add_shipment(record, content, letter.attachments)
+                uow.add_event(record.id, accepted)
+                uow.enqueue(record.id, not_before=now, now=now)
+                uow.commit()
+        except DuplicateIdempotencyKeyError:
+            # Another request with the same key won the race; it is committed, so we can read it.
+            existing = self._by_key(client, idempotency_key)
+            assert existing is not None
+            return self._same(existing, request_hash)
         log.info("shipment %s accepted (client %s, sender %s)", record.id, client.name, letter.sender)
         return Submitted(record, created=True)
+
+    def _by_key(self, client: ClientRecord, idempotency_key: str) -> ShipmentRecord | None:
+        with self._uow(read_only=True) as uow:
+            return uow.shipment_by_idempotency_key(client.id, idempotency_key)
 
     @staticmethod
     def _same(existing: ShipmentRecord, request_hash: str) -> Submitted:

@@ -68,7 +68,7 @@ class RegisterPrefetch:
             self._lock.release()
 
     def _prefetch(self, started: float) -> int:
-        with self._uow() as uow:
+        with self._uow(read_only=True) as uow:
             waiting = uow.awaiting_decision(self._clock.now(), self._batch)
         self._asked = {k: t for k, t in self._asked.items() if started - t < self._recent}
         by_sender: dict[str, list[RecipientId]] = defaultdict(list)

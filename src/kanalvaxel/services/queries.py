@@ -31,7 +31,7 @@ class InDoubtLetter:
 def letters_in_doubt(uow: UowFactory, limit: int = 1000) -> list[InDoubtLetter]:
     """Letters in doubt, oldest first: the address masked as in the record, identity numbers in the case
     reference masked."""
-    with uow() as u:
+    with uow(read_only=True) as u:
         handed_over = u.handed_over(sorted(c.value for c in EMAIL_CHANNELS), limit)
     return [
         InDoubtLetter(
@@ -77,7 +77,7 @@ class ShipmentQueries:
 
     def shipment(self, client: ClientRecord, shipment_id: str) -> ShipmentView:
         """Raises NotFoundError also for another client's shipment: we do not tell which."""
-        with self._uow() as uow:
+        with self._uow(read_only=True) as uow:
             shp = uow.shipment(shipment_id)
             if shp is None or shp.client_id != client.id:
                 raise NotFoundError(f"no shipment {shipment_id}")

@@ -11,7 +11,7 @@ class UowSendJournal:
         self._uow = uow
 
     def sent(self, shipment_id: str, channel: str) -> SentRecord | None:
-        with self._uow() as uow:
+        with self._uow(read_only=True) as uow:
             return uow.sent_record(shipment_id, channel)
 
     def record(self, shipment_id: str, channel: str, record: SentRecord) -> None:

@@ -5,19 +5,32 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Engine, Table, Update, func, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Engine,
+    Table,
+    Update,
+    bindparam,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from kanalvaxel.adapters.persistence import outbox
+from kanalvaxel.adapters.persistence.database import READ_ONLY
 from kanalvaxel.adapters.persistence.tables import (
     ApiClient,
     AttachmentRow,
     AttemptRow,
+    Base,
     EventRow,
     PrintBatchRow,
     PrintItemRow,
@@ -56,11 +69,22 @@ _MUTABLE_FIELDS = (
     "finished_at",
 )
 _NO_SYNC = {"synchronize_session": False}
-_EVENTS = cast(Table, EventRow.__table__)
 _ATTEMPTS = cast(Table, AttemptRow.__table__)
-_WORK_ITEMS = cast(Table, WorkItemRow.__table__)
-#: The execution option that marks a read-only unit of work (database.py begins it without a write lock).
-READ_ONLY = "kanalvaxel_read_only"
+
+
+def _table(row: type[Base]) -> Table:
+    return Base.metadata.tables[row.__tablename__]
+
+
+_INSERT_SHIPMENT = insert(_table(ShipmentRow))
+_INSERT_CONTENT = insert(_table(ShipmentContentRow))
+_INSERT_ATTACHMENT = insert(_table(AttachmentRow))
+_INSERT_EVENT = insert(_table(EventRow))
+_INSERT_WORK_ITEM = insert(_table(WorkItemRow))
+_BY_IDEMPOTENCY_KEY = select(*(_table(ShipmentRow).c[f] for f in _SHIPMENT_FIELDS)).where(
+    _table(ShipmentRow).c.client_id == bindparam("client_id"),
+    _table(ShipmentRow).c.idempotency_key == bindparam("key"),
+)
 
 
 def _client(row: ApiClient) -> ClientRecord:
@@ -122,9 +146,11 @@ def _batch(row: PrintBatchRow) -> PrintBatchRecord:
 
 
 class SqlUnitOfWork:
-    def __init__(self, factory: sessionmaker[Session]) -> None:
+    def __init__(self, factory: sessionmaker[Session], *, read_only: bool = False) -> None:
         self._factory = factory
+        self._read_only = read_only
         self._session: Session | None = None
+        self._connection: Connection | None = None
 
     @property
     def session(self) -> Session:
@@ -133,7 +159,7 @@ class SqlUnitOfWork:
         return self._session
 
     def __enter__(self) -> SqlUnitOfWork:
-        self._session = self._factory()
+        self._session = self._factory(execution_options={READ_ONLY: True} if self._read_only else {})
         return self
 
     def __exit__(self, *info: object) -> None:
@@ -149,22 +175,29 @@ class SqlUnitOfWork:
         finally:
             self._session.close()
             self._session = None
+            self._connection = None
         if isinstance(exc, DBAPIError) and _outage(exc):
             raise UnavailableError(
                 "the database cannot be reached or is busy", cause=_first_line(exc)
             ) from exc
 
+    @property
+    def _conn(self) -> Connection:
+        """The session's connection, for Core statements: they skip the ORM's execution machinery."""
+        if self._connection is None:
+            self._connection = self.session.connection()
+        return self._connection
+
     def commit(self) -> None:
+        if self._read_only:
+            raise RuntimeError("a read-only unit of work cannot commit")
+        self._connection = None  # the session gives it back to the pool
         self.session.commit()
 
     def _update(self, stmt: Update) -> CursorResult[Any]:
         """An UPDATE that leaves the session's objects alone: this unit of work hands out records, not ORM
         objects, so the ORM's matching of loaded objects against the WHERE clause is pure cost."""
         return cast("CursorResult[Any]", self.session.execute(stmt, execution_options=_NO_SYNC))
-
-    def read_only(self) -> None:
-        """This unit only reads: on SQLite it begins without the write lock (writers go on meanwhile)."""
-        self.session.connection(execution_options={READ_ONLY: True})
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -212,32 +245,34 @@ class SqlUnitOfWork:
     def add_shipment(
         self, shipment: ShipmentRecord, letter_json: Mapping[str, object], attachments: Sequence[Attachment]
     ) -> None:
+        # Core statements, not ORM objects: an accepted letter is five INSERTs, and the ORM's unit of work
+        # cost more than the statements themselves, all of it while SQLite's one writer lock was held.
         try:
-            with self.session.begin_nested():
-                self.session.add(ShipmentRow(**asdict(shipment)))
-                self.session.flush()
+            self._conn.execute(_INSERT_SHIPMENT, {f: getattr(shipment, f) for f in _SHIPMENT_FIELDS})
         except IntegrityError as exc:
             raise DuplicateIdempotencyKeyError(shipment.idempotency_key) from exc
-        self.session.add(ShipmentContentRow(shipment_id=shipment.id, letter=dict(letter_json)))
-        for pos, att in enumerate(attachments):
-            self.session.add(
-                AttachmentRow(
-                    shipment_id=shipment.id,
-                    position=pos,
-                    filename=att.filename,
-                    content_type=att.content_type,
-                    size_bytes=len(att.content),
-                    sha256=hashlib.sha256(att.content).hexdigest(),
-                    content=att.content,
-                )
+        self._conn.execute(_INSERT_CONTENT, {"shipment_id": shipment.id, "letter": dict(letter_json)})
+        if attachments:
+            self._conn.execute(
+                _INSERT_ATTACHMENT,
+                [
+                    {
+                        "shipment_id": shipment.id,
+                        "position": pos,
+                        "filename": att.filename,
+                        "content_type": att.content_type,
+                        "size_bytes": len(att.content),
+                        "sha256": hashlib.sha256(att.content).hexdigest(),
+                        "content": att.content,
+                    }
+                    for pos, att in enumerate(attachments)
+                ],
             )
-        self.session.flush()
 
     def shipment_by_idempotency_key(self, client_id: str, key: str) -> ShipmentRecord | None:
-        row = self.session.scalar(
-            select(ShipmentRow).where(ShipmentRow.client_id == client_id, ShipmentRow.idempotency_key == key)
-        )
-        return None if row is None else _shipment(row)
+        # Core, not an ORM entity: every letter posted asks this once, and nearly always finds nothing.
+        row = self._conn.execute(_BY_IDEMPOTENCY_KEY, {"client_id": client_id, "key": key}).first()
+        return None if row is None else ShipmentRecord(**row._asdict())
 
     def shipment(self, shipment_id: str, *, for_update: bool = False) -> ShipmentRecord | None:
         stmt = select(ShipmentRow).where(ShipmentRow.id == shipment_id)
@@ -301,18 +336,17 @@ class SqlUnitOfWork:
         self._update(update(ShipmentRow).where(ShipmentRow.id == shipment.id).values(**values))
 
     def add_event(self, shipment_id: str, event: EventRecord) -> None:
-        # Core inserts (here and for attempts and work items): written at once, in order, without the ORM's
-        # unit-of-work bookkeeping for rows this session never reads back as objects.
-        self.session.execute(
-            insert(_EVENTS).values(
-                shipment_id=shipment_id,
-                at=event.at,
-                type=event.type,
-                state=event.state,
-                channel=event.channel,
-                message=event.message,
-                details=dict(event.details),
-            )
+        self._conn.execute(
+            _INSERT_EVENT,
+            {
+                "shipment_id": shipment_id,
+                "at": event.at,
+                "type": event.type,
+                "state": event.state,
+                "channel": event.channel,
+                "message": event.message,
+                "details": dict(event.details),
+            },
         )
 
     def events(self, shipment_id: str) -> Sequence[EventRecord]:
@@ -403,10 +437,15 @@ class SqlUnitOfWork:
     # ------------------------------------------------------------------------------------------ outbox
 
     def enqueue(self, shipment_id: str, not_before: datetime, now: datetime) -> None:
-        self.session.execute(
-            insert(_WORK_ITEMS).values(
-                shipment_id=shipment_id, status="READY", not_before=not_before, claims=0, created_at=now
-            )
+        self._conn.execute(
+            _INSERT_WORK_ITEM,
+            {
+                "shipment_id": shipment_id,
+                "status": "READY",
+                "not_before": not_before,
+                "claims": 0,
+                "created_at": now,
+            },
         )
 
     def claim(self, worker: str, now: datetime, lease: timedelta, limit: int) -> Sequence[Claim]:

@@ -54,7 +54,12 @@ def create_app(
     errors.install(app)
     max_body = int(container.settings.limits.max_total_attachment_bytes * 1.4) + 1024 * 1024
 
-    app.add_middleware(Guard, max_body=max_body, authenticate=container.clients.authenticate)
+    app.add_middleware(
+        Guard,
+        max_body=max_body,
+        authenticate=container.clients.authenticate,
+        remembered=container.clients.remembered,
+    )
     app.include_router(shipments.router)
     app.include_router(recipients.router)
     app.include_router(health.router)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from kanalvaxel.bootstrap import Container
 from kanalvaxel.entrypoints.api.errors import NO_KEY, UNKNOWN_KEY, AuthError
@@ -15,12 +16,14 @@ from kanalvaxel.ports import ClientRecord
 _bearer = HTTPBearer(auto_error=False, description="An API key made with `kanalvaxel clients add`.")
 
 
-def container(request: Request) -> Container:
+# Both are `async def` although they wait for nothing: FastAPI runs a plain `def` dependency in the
+# threadpool, and the hop to a thread and back cost more than all they do.
+async def container(request: Request) -> Container:
     c: Container = request.app.state.container
     return c
 
 
-def client(
+async def client(
     request: Request,
     c: Annotated[Container, Depends(container)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -32,7 +35,9 @@ def client(
         return known
     if credentials is None:
         raise AuthError(NO_KEY)
-    found = c.clients.authenticate(credentials.credentials)
+    found = c.clients.remembered(credentials.credentials) or await run_in_threadpool(
+        c.clients.authenticate, credentials.credentials
+    )
     if found is None:
         raise AuthError(UNKNOWN_KEY)
     return found

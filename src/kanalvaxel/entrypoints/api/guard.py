@@ -46,11 +46,19 @@ class BodyTooLargeError(HTTPException):
 
 class Guard:
     def __init__(
-        self, app: ASGIApp, *, max_body: int, authenticate: Callable[[str], ClientRecord | None]
+        self,
+        app: ASGIApp,
+        *,
+        max_body: int,
+        authenticate: Callable[[str], ClientRecord | None],
+        remembered: Callable[[str], ClientRecord | None] = lambda _key: None,
     ) -> None:
+        """`authenticate` may ask the database (it runs in the threadpool); `remembered` answers from
+        memory only (on the event loop), None meaning "ask `authenticate`"."""
         self.app = app
         self.max_body = max_body
         self.authenticate = authenticate
+        self.remembered = remembered
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -103,7 +111,7 @@ class Guard:
         scheme, _, key = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             return errors.problem(401, "unauthorized", "Authentication required", errors.NO_KEY, field=None)
-        client = await run_in_threadpool(self.authenticate, key.strip())
+        client = self.remembered(key.strip()) or await run_in_threadpool(self.authenticate, key.strip())
         if client is None:
             return errors.problem(
                 401, "unauthorized", "Authentication required", errors.UNKNOWN_KEY, field=None
