@@ -12,8 +12,8 @@ then takes CPU from the servers; `--load` chooses). For each number of clients, 
 target is measured for a fixed time, targets taking turns, `--rounds` times; printed: req/s and p50, p95,
 p99 latency of every measurement, then the medians and the ratio ours/bare.
 
-On SQLite, both run with `synchronous=NORMAL` (what we ship) and with `synchronous=FULL` (an fsync of the WAL
-at every commit; ours through bench/_serve_synchronous.py, for this run only), each pair compared like for
+On SQLite, both run with `synchronous=FULL` (what we ship: an fsync of the WAL at every commit) and with
+`synchronous=NORMAL` (ours through bench/_serve_variant.py, for this run only), each pair compared like for
 like. On PostgreSQL (`--database URL`), ours migrates that database and the bare endpoint uses a table of
 its own (bench_intake_bare, dropped and made anew).
 `--without-writer-lock` adds ours with SQLite's writers meeting at SQLite's own lock (busy-wait) instead of
@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench._service import start_serve  # noqa: E402
 from bench.volume import WITH_MAILBOX, body  # noqa: E402
+from kanalvaxel.adapters.persistence import database  # noqa: E402
 from tests.e2e.conftest import free_port, wait_ready  # noqa: E402
 
 _WRK_SCRIPT = """
@@ -77,6 +78,12 @@ function done(summary, latency, requests)
     latency:percentile(50) / 1e3, latency:percentile(95) / 1e3, latency:percentile(99) / 1e3))
 end
 """
+
+
+#: The synchronous mode kanalväxel ships with (the other one runs through bench/_serve_variant.py).
+SHIPPED_SYNCHRONOUS = next(
+    p.split("=", 1)[1] for p in database.SQLITE_PRAGMAS if p.startswith("synchronous=")
+)
 
 
 def _lua_string(text: str) -> str:
@@ -219,7 +226,7 @@ def start_ours(
     if tree is not None:
         settings["PYTHONPATH"] = f"{tree / 'src'}:{tree}"
     options = () if embedded_worker else ("--no-embedded-worker",)
-    variant = ([f"--synchronous={sync}"] if sync and sync != "NORMAL" else []) + (
+    variant = ([f"--synchronous={sync}"] if sync and sync != SHIPPED_SYNCHRONOUS else []) + (
         [] if writer_lock else ["--no-writer-lock"]
     )
     launcher = (str(ROOT / "bench" / "_serve_variant.py"), *variant) if variant else ()
