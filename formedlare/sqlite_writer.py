@@ -75,7 +75,9 @@ class WriterLock:
         if self._path is None:
             return True
         if self._fd is None:
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # Read-only is enough for flock, and readable by all: a lock file someone else created first
+            # (an operator's `sudo kanalvaxel …`) still serves the service's own user.
+            self._fd = os.open(self._path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         for attempt in range(1_000_000_000):
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -24,8 +24,8 @@ lock = WriterLock(Path(sys.argv[1]))
 assert lock.acquire(5)
 Path(sys.argv[1] + ".held").touch()
 time.sleep(float(sys.argv[2]))
-lock.release()
 Path(sys.argv[1] + ".released").touch()
+lock.release()
 """
 
 

@@ -659,3 +659,30 @@ def _leases(container: Container) -> dict[str, object]:
             select(WorkItemRow.shipment_id, WorkItemRow.lease_expires_at)
         ).all()
     return {sid: at for sid, at in rows}
+
+
+def test_a_follow_up_that_raises_leaves_that_letter_leased_and_records_the_others_of_its_batch(
+    container: Container, client: ClientRecord, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    class BrokenForOne(RelayLikeChannel):
+        def follow_up(self, shipment_id: str, external_ref: str) -> DeliveryOutcome:
+            if shipment_id == ids[0]:
+                raise RuntimeError("a bug in the relay client")
+            return super().follow_up(shipment_id, external_ref)
+
+    relay = BrokenForOne([OutcomeKind.DELIVERED])
+    relay.script = [OutcomeKind.HANDED_OVER, OutcomeKind.HANDED_OVER]
+    d = _digital(container, relay)
+    ids = [submit(container, client, key=f"k{i}") for i in range(2)]
+    run_due(container, d)
+    assert [view(container, sid)[0] for sid in ids] == ["HANDED_OVER", "HANDED_OVER"]
+    clock.advance(seconds=11)
+    with caplog.at_level("ERROR"):
+        d.process_batch(_claim(container, "test-worker", 10))  # type: ignore[arg-type]
+    assert "failed before its outcome" in caplog.text
+    assert [view(container, sid)[0] for sid in ids] == ["HANDED_OVER", "DELIVERED"]
+    with container.uow() as uow:
+        leased = uow.session.scalars(  # type: ignore[attr-defined]
+            select(WorkItemRow.shipment_id).where(WorkItemRow.status == "CLAIMED")
+        ).all()
+    assert leased == [ids[0]]

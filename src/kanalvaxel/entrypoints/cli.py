@@ -208,7 +208,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run a worker only (to scale out beside `serve --no-embedded-worker`)."""
-    from kanalvaxel.entrypoints.processes import WorkerProcesses, child_environment
+    from kanalvaxel.entrypoints.processes import WorkerProcesses, child_environment, follow_parent
     from kanalvaxel.entrypoints.worker import Worker
 
     done = threading.Event()
@@ -220,6 +220,7 @@ def worker(
     # First thing: a SIGTERM during start-up must also end in a clean stop.
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    follow_parent()  # a child of `--processes N` stops when its parent dies
     settings = _settings()
     _warn_defaults(settings)
     container = _prepare(settings, outside_world=True)

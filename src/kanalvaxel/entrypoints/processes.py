@@ -11,6 +11,7 @@ it is sending) and SIGKILL to those still running after the grace period.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -53,12 +54,28 @@ def child_environment(container: Container) -> dict[str, str]:
     return env
 
 
+#: Set in a child's environment: the pid of the parent it must not outlive.
+PARENT_PID_VARIABLE = "_KANALVAXEL_WORKER_PARENT_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def follow_parent() -> None:
+    """In a child worker: stop (SIGTERM, handled as a clean stop) when the parent dies, even by SIGKILL, so no
+    orphan worker stays on after it (Linux: PR_SET_PDEATHSIG). Nothing outside a child or off Linux."""
+    parent = os.environ.get(PARENT_PID_VARIABLE)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(parent):  # the parent died before the line above: stop now
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 @dataclass
 class _Child:
     slot: int
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
-    pause: float = 1.0
+    pause: float = 0.5  # doubled before each quick restart: the first waits 1 s
     restart_at: float = 0.0
     restarts: int = 0
 
@@ -89,9 +106,10 @@ class WorkerProcesses:
             return [c.process.pid for c in self._children if c.process is not None]
 
     def _spawn(self, child: _Child) -> None:
-        env = {**os.environ, **self.environment}
+        env = {**os.environ, **self.environment, PARENT_PID_VARIABLE: str(os.getpid())}
         child.process = subprocess.Popen(
-            [sys.executable, "-m", "kanalvaxel.entrypoints.cli", "worker"], env=env
+            [sys.executable, "-m", "kanalvaxel.entrypoints.cli", "worker"],
+            env=env,
         )
         child.started = time.monotonic()
         log.info("worker process %d started (pid %d)", child.slot, child.process.pid)

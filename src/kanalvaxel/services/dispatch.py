@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from kanalvaxel.domain.errors import ConflictError, NotFoundError, ValidationError
+from kanalvaxel.domain.errors import ConflictError, NotFoundError, UnavailableError, ValidationError
 from kanalvaxel.domain.masking import mask_free_text
 from kanalvaxel.domain.model import (
     Attachment,
@@ -76,8 +76,9 @@ class DispatchSettings:
     #: A notice (SMS) is tried this many times before it is recorded as not sent.
     notice_max_attempts: int = 5
     failpoints: Mapping[str, float] = field(default_factory=dict)
-    #: The worker's lease; renewed when an attempt starts, so a channel's own time bound (a share of the
-    #: lease, e.g. an SMTP session) counts from the send, not from the claim. None: not renewed.
+    #: The worker's lease. It is renewed when the batch's attempts are recorded, and again before any send
+    #: that would otherwise start with less than 90 % of it left, so a channel's own time bound (a share of
+    #: the lease, at most 80 %: an SMTP session) always ends before the lease does. None: not renewed.
     lease: timedelta | None = None
 
 
@@ -134,6 +135,9 @@ class Dispatcher:
         (UnavailableError)."""
         if not claims:
             return
+        if stopping():  # nothing started yet: give them all back untouched
+            self._write([], [], release=claims)
+            return
         ids = [c.shipment_id for c in claims]
         with self._uow(read_only=True) as uow:
             shipments = uow.shipments(ids)
@@ -160,7 +164,8 @@ class Dispatcher:
         recorded in parts, and the leases of the letters still to send are renewed with them, so no letter
         waits for its record, or runs out of lease, behind the others' sends."""
         lease = self._settings.lease
-        part_limit = (lease / 4).total_seconds() if lease is not None else 30.0
+        # A send starts with at least 90 % of its lease left: more than the 80 % a channel may take.
+        part_limit = (lease / 10).total_seconds() if lease is not None else 30.0
         records: list[tuple[Claim, _Record]] = []
         closing: list[str] = []
         lost: set[int] = set()
@@ -170,14 +175,20 @@ class Dispatcher:
                 self._write(records, closing, release=[c for c, _ in acts[i:] if c.work_item_id not in lost])
                 records = []
                 break
-            if records and time.monotonic() - part_started > part_limit:
+            if time.monotonic() - part_started > part_limit:
                 lost |= self._write(records, closing, renew=[c for c, _ in acts[i:]])
                 records = []
                 part_started = time.monotonic()
             if claim.work_item_id in lost:
                 continue  # its lease ran out while the others were sent: another worker has it now
             self._failpoint("before_send")
-            record = act()
+            try:
+                record = act()
+            except Exception:  # a bug around one letter's send: it comes back when its lease runs out
+                log.exception(
+                    "work item %s failed before its outcome; it will be tried again", claim.work_item_id
+                )
+                continue
             self._failpoint("after_send")
             records.append((claim, record))
         if records:
@@ -219,6 +230,8 @@ class Dispatcher:
                 return step(uow)
         except LeaseLostError:
             log.warning("lease on work item %s lost; another worker has it", claim.work_item_id)
+        except UnavailableError:
+            raise  # the database is gone: the whole batch ends, and the worker waits
         except Exception:
             log.exception("recording work item %s failed; it will be tried again", claim.work_item_id)
             uow.ping()  # a database that is gone ends the batch (UnavailableError), not one letter at a time
@@ -257,9 +270,9 @@ class Dispatcher:
             reason = f"Avsändaridentiteten {shp.sender_key!r} finns inte längre i inställningarna."
             return lambda uow: self._give_up(uow, claim, shp, reason)
         if notify:
-            return lambda uow: lambda: self._notify(claim, shp, letter, sender)
+            return lambda uow: self._renewed(uow, claim, lambda: self._notify(claim, shp, letter, sender))
         if shp.state == ShipmentState.HANDED_OVER.value:
-            return lambda uow: lambda: self._follow_up(claim, shp)
+            return lambda uow: self._renewed(uow, claim, lambda: self._follow_up(claim, shp))
         if shp.decision is None or shp.decision.get("retry_at"):
             facts = self._facts.gather(letter, sender, shp.accepted_at)
             decision = decide(letter, facts, self._policy, self._clock.now())
@@ -272,6 +285,12 @@ class Dispatcher:
             return decide_and_start
         decided, mailbox = decision_from_json(shp.decision)
         return lambda uow: self._start_attempt(uow, claim, shp, letter, sender, decided, mailbox)
+
+    def _renewed(self, uow: UnitOfWork, claim: Claim, act: _Act) -> _Act:
+        """Check and renew the lease in the batch's first transaction, then go on to `act`."""
+        lease = self._settings.lease
+        uow.check_lease(claim, extend_until=self._clock.now() + lease if lease is not None else None)
+        return act
 
     def _start_attempt(
         self,

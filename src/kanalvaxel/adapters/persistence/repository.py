@@ -21,7 +21,13 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    PendingRollbackError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from kanalvaxel.adapters.persistence import outbox
@@ -633,7 +639,20 @@ class SqlUnitOfWork:
         return [_batch(r) for r in self.session.scalars(query)]
 
     def ping(self) -> None:
-        self.session.execute(text("SELECT 1"))
+        """A statement on this unit's connection; a connection that is gone (or a transaction that can no
+        longer go on because of it) is UnavailableError."""
+        try:
+            self.session.execute(text("SELECT 1"))
+        except PendingRollbackError as exc:
+            raise UnavailableError(
+                "the database connection failed in this transaction", cause=str(exc).splitlines()[0]
+            ) from exc
+        except DBAPIError as exc:
+            if _outage(exc):
+                raise UnavailableError(
+                    "the database cannot be reached or is busy", cause=_first_line(exc)
+                ) from exc
+            raise
 
 
 def unit_of_work_factory(engine: Engine) -> sessionmaker[Session]:
