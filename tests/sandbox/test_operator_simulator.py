@@ -280,3 +280,23 @@ def test_a_client_without_certificate_is_refused_at_tls(operator: Operator, dev_
     with mtls_client(dev_certs, None) as anonymous, pytest.raises(httpx.TransportError):
         anonymous.post(operator.url, content=b"<x/>", headers=SOAP_HEADERS)
     assert operator.sim.requests == 0
+
+
+def test_memory_keeps_only_the_latest_deliveries_while_duplicates_are_still_refused(
+    dev_certs: Path, sender: SigningIdentity, relay: SigningIdentity
+) -> None:
+    sim = OperatorSimulator(
+        "Kivra (simulator)", "165568402266", TrustPolicy.from_pem_files(dev_certs / "ca.pem"), history=2
+    )
+    server = serve_in_thread(sim.app, server_tls(dev_certs, "operator-kivra"), name="operator-kivra")
+    with server, mtls_client(dev_certs, "relay-client") as client:
+        operator = Operator(sim, server, client)
+        for n in range(3):
+            response = operator.post(deliver_secure_request(signed_and_sealed(sender, relay, f"msg-{n}")))
+            assert response.status_code == 200, response.text
+        assert [a.message_id for a in sim.accepted] == ["msg-1", "msg-2"]  # the latest two
+        again = operator.post(deliver_secure_request(signed_and_sealed(sender, relay, "msg-0")))
+        assert _fault_code(again) is not None  # forgotten from the list, still known as delivered
+        assert [a.message_id for a in sim.accepted] == ["msg-1", "msg-2"]
+    with pytest.raises(ValueError, match="history"):
+        OperatorSimulator("x", "165568402266", sim.trust, history=0)

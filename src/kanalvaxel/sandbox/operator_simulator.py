@@ -121,8 +121,15 @@ class OperatorSimulator:
         *,
         clock: Callable[[], datetime] | None = None,
         store_dir: Path | None = None,
+        history: int = 1000,
     ) -> None:
-        """`store_dir`: also write each accepted delivery there as JSON (what `sandbox-inbox` lists)."""
+        """`store_dir`: also write each accepted delivery there as JSON (what `sandbox-inbox` lists).
+        `history`: how many accepted and refused deliveries are kept in memory (and listed), the latest
+        ones; a volume run of 100,000 letters would otherwise keep every request's bytes (the duplicate
+        check remembers every message id regardless)."""
+        if history < 1:
+            raise ValueError("history must be at least 1")
+        self._history = history
         self.name = name
         self._store_dir = store_dir
         if store_dir is not None:
@@ -221,6 +228,7 @@ class OperatorSimulator:
         except _Refusal as refusal:
             with self._lock:
                 self.rejected.append(RejectedDelivery(refusal.code, refusal.detail, now))
+                del self.rejected[: -self._history]
             return _fault(refusal.code, refusal.detail, client=refusal.client)
         return Response(
             deliver_secure_response(record.trans_id, record.recipient_id, True),
@@ -283,6 +291,7 @@ class OperatorSimulator:
                 )
             self._stored |= keys
             self.accepted.append(record)
+            del self.accepted[: -self._history]
         if self._store_dir is not None:
             self._store(record)
         return record
