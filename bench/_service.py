@@ -3,14 +3,36 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
+import sqlalchemy as sa
 
 from tests.e2e.conftest import free_port, process_env, start, wait_ready
+
+
+def wait_until_final(
+    engine: sa.Engine, letters: int, every: float, proc: subprocess.Popen[bytes] | None = None
+) -> dict[str, int]:
+    """Poll until `letters` shipments are DELIVERED or FAILED; return the count per state. Raises SystemExit
+    if `proc` (the service under test) ends first."""
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"the service exited with status {proc.returncode}")
+        with engine.connect() as conn:
+            final = conn.execute(
+                sa.text("SELECT count(*) FROM shipments WHERE state IN ('DELIVERED', 'FAILED')")
+            ).scalar_one()
+        if final >= letters:
+            break
+        time.sleep(every)
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.text("SELECT state, count(*) FROM shipments GROUP BY state")).all())
 
 
 def rss(pid: int) -> int:
@@ -70,3 +92,10 @@ def start_serve(
     with httpx.Client(base_url=base, timeout=30, trust_env=False) as http:
         wait_ready(http, log)
     return proc, base
+
+
+if __name__ == "__main__":
+    argparse.ArgumentParser(
+        description=f"{__doc__}\nA module the other benches import; it runs nothing by itself.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args()

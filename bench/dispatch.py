@@ -25,7 +25,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._service import tree_rss  # noqa: E402
+from bench._service import tree_rss, wait_until_final  # noqa: E402
 from bench.volume import WITH_MAILBOX, recipients  # noqa: E402
 from tests.e2e.conftest import process_env, start  # noqa: E402
 
@@ -112,20 +112,12 @@ def run(
 
     threading.Thread(target=sample, daemon=True).start()
     try:
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"the worker exited: {log.read_text()[-2000:]}")
-            with engine.connect() as conn:
-                final = conn.execute(
-                    sa.text("SELECT count(*) FROM shipments WHERE state IN ('DELIVERED', 'FAILED')")
-                ).scalar_one()
-            if final >= n:
-                break
-            time.sleep(0.25)
+        try:
+            states = wait_until_final(engine, n, 0.25, proc)
+        except SystemExit as exc:
+            raise SystemExit(f"{exc}: {log.read_text()[-2000:]}") from None
         wall = time.perf_counter() - started
         cpu = max(cpu, tree_cpu(proc.pid))
-        with engine.connect() as conn:
-            states = dict(conn.execute(sa.text("SELECT state, count(*) FROM shipments GROUP BY state")).all())
     finally:
         stop.set()
         proc.send_signal(signal.SIGTERM)

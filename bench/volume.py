@@ -34,7 +34,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._service import start_serve, tree_rss  # noqa: E402
+from bench._service import start_serve, tree_rss, wait_until_final  # noqa: E402
 from tests.api.helpers import PDF  # noqa: E402
 from tests.domain.factories import luhn_digit  # noqa: E402
 
@@ -175,19 +175,9 @@ def main() -> None:
             if bad:
                 raise SystemExit(f"{len(bad)} posts were refused: {sorted(set(bad))}")
             engine = sa.create_engine(db)
-            while True:
-                with engine.connect() as conn:
-                    final = conn.execute(
-                        sa.text("SELECT count(*) FROM shipments WHERE state IN ('DELIVERED', 'FAILED')")
-                    ).scalar_one()
-                if final >= n:
-                    break
-                time.sleep(0.5)
+            states = wait_until_final(engine, n, 0.5, proc)
             total = time.perf_counter() - started
             with engine.connect() as conn:
-                states = dict(
-                    conn.execute(sa.text("SELECT state, count(*) FROM shipments GROUP BY state")).all()
-                )
                 channels = dict(
                     conn.execute(sa.text("SELECT channel, count(*) FROM shipments GROUP BY channel")).all()
                 )
