@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -51,11 +52,44 @@ def tree_rss(pid: int) -> int:
         p = todo.pop()
         try:
             total += rss(p)
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo.extend(int(c) for c in (task / "children").read_text().split())
+            todo.extend(_children(p))
         except (FileNotFoundError, ProcessLookupError):
             continue
     return total
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out.extend(int(c) for c in (task / "children").read_text().split())
+    return out
+
+
+def tree_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of `pid` and each descendant, by "pid command"."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            args = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+            words = [a.decode(errors="replace") for a in args if a and not a.startswith(b"-")]
+            role = next((w for w in words if w in ("serve", "worker")), Path(words[0]).name if words else "?")
+            out[f"{p} {role}"] = (int(fields[11]) + int(fields[12])) / tick
+            todo.extend(_children(p))
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    return out
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores (/proc/stat)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values) - idle) / tick, sum(values) / tick
 
 
 def start_serve(

@@ -20,6 +20,7 @@ import base64
 import concurrent.futures
 import datetime as dt
 import json
+import os
 import resource
 import ssl
 import sys
@@ -34,7 +35,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._service import start_serve, tree_rss, wait_until_final  # noqa: E402
+from bench._service import machine_busy, start_serve, tree_cpu, tree_rss, wait_until_final  # noqa: E402
 from tests.api.helpers import PDF  # noqa: E402
 from tests.domain.factories import luhn_digit  # noqa: E402
 
@@ -167,6 +168,8 @@ def main() -> None:
                 )
                 return r.status_code
 
+            busy_before = machine_busy()
+            me_before = resource.getrusage(resource.RUSAGE_SELF)
             started = time.perf_counter()
             with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
                 codes = list(pool.map(post, range(n)))
@@ -177,6 +180,9 @@ def main() -> None:
             engine = sa.create_engine(db)
             states = wait_until_final(engine, n, 0.5, proc)
             total = time.perf_counter() - started
+            cpu = tree_cpu(proc.pid)
+            busy_after = machine_busy()
+            me_after = resource.getrusage(resource.RUSAGE_SELF)
             with engine.connect() as conn:
                 channels = dict(
                     conn.execute(sa.text("SELECT channel, count(*) FROM shipments GROUP BY channel")).all()
@@ -210,6 +216,19 @@ def main() -> None:
         print(
             f"peak RSS: service with its worker processes {peak['serve'] / 2**20:.0f} MiB, "
             f"load generator {me / 2**20:.0f} MiB"
+        )
+        ms = {k: 1000 * v / n for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])}
+        load = me_after.ru_utime + me_after.ru_stime - me_before.ru_utime - me_before.ru_stime
+        print(
+            "CPU ms per letter: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in ms.items())
+            + f", load generator {1000 * load / n:.1f}"
+        )
+        busy = busy_after[0] - busy_before[0]
+        cores = busy / (busy_after[1] - busy_before[1]) * (os.cpu_count() or 1)
+        print(
+            f"machine: {1000 * busy / n:.1f} CPU ms per letter in all (database server included), "
+            f"{cores:.2f} of {os.cpu_count()} cores busy on average"
         )
         print(
             f"floor (no database, no network, one core): {floor_s:.1f} s; "

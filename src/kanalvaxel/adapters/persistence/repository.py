@@ -21,6 +21,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import (
     DBAPIError,
     IntegrityError,
@@ -82,14 +83,122 @@ def _table(row: type[Base]) -> Table:
     return Base.metadata.tables[row.__tablename__]
 
 
-_INSERT_SHIPMENT = insert(_table(ShipmentRow))
-_INSERT_CONTENT = insert(_table(ShipmentContentRow))
-_INSERT_ATTACHMENT = insert(_table(AttachmentRow))
+_SHIPMENTS = _table(ShipmentRow)
+_WORK = _table(WorkItemRow)
+_CONTENTS = _table(ShipmentContentRow)
+_ATTACHMENTS = _table(AttachmentRow)
+_SENDS = _table(SentRow)
+_BATCHES = _table(PrintBatchRow)
+_ITEMS = _table(PrintItemRow)
+
+# The statements the worker runs for every letter are built once, with bound parameters, and run on the
+# session's connection (Core): building and caching a statement, and the ORM's execution machinery around
+# it, cost several times the statement itself (bench/dispatch.py). Their parameters are named b_*, as a
+# SET clause reserves the column names.
+_INSERT_SHIPMENT = insert(_SHIPMENTS)
+_INSERT_CONTENT = insert(_CONTENTS)
+_INSERT_ATTACHMENT = insert(_ATTACHMENTS)
 _INSERT_EVENT = insert(_table(EventRow))
-_INSERT_WORK_ITEM = insert(_table(WorkItemRow))
-_BY_IDEMPOTENCY_KEY = select(*(_table(ShipmentRow).c[f] for f in _SHIPMENT_FIELDS)).where(
-    _table(ShipmentRow).c.client_id == bindparam("client_id"),
-    _table(ShipmentRow).c.idempotency_key == bindparam("key"),
+_INSERT_WORK_ITEM = insert(_WORK)
+_INSERT_ATTEMPT = insert(_ATTEMPTS)
+_INSERT_SEND = insert(_SENDS)
+_INSERT_PRINT_ITEM = insert(_ITEMS)
+_SHIPMENT_COLUMNS = tuple(_SHIPMENTS.c[f] for f in _SHIPMENT_FIELDS)
+_BY_IDEMPOTENCY_KEY = select(*_SHIPMENT_COLUMNS).where(
+    _SHIPMENTS.c.client_id == bindparam("client_id"),
+    _SHIPMENTS.c.idempotency_key == bindparam("key"),
+)
+_SHIPMENTS_BY_ID = select(*_SHIPMENT_COLUMNS).where(_SHIPMENTS.c.id.in_(bindparam("b_ids", expanding=True)))
+_SAVE_SHIPMENT = (
+    update(_SHIPMENTS)
+    .where(_SHIPMENTS.c.id == bindparam("b_id"))
+    .values({f: bindparam(f"b_{f}", type_=_SHIPMENTS.c[f].type) for f in _MUTABLE_FIELDS})
+)
+_LETTERS_BY_ID = select(_CONTENTS.c.shipment_id, _CONTENTS.c.letter).where(
+    _CONTENTS.c.shipment_id.in_(bindparam("b_ids", expanding=True))
+)
+_ATTACHMENTS_BY_ID = (
+    select(
+        _ATTACHMENTS.c.shipment_id,
+        _ATTACHMENTS.c.filename,
+        _ATTACHMENTS.c.content,
+        _ATTACHMENTS.c.content_type,
+    )
+    .where(_ATTACHMENTS.c.shipment_id.in_(bindparam("b_ids", expanding=True)))
+    .order_by(_ATTACHMENTS.c.shipment_id, _ATTACHMENTS.c.position)
+)
+_FINISH_ATTEMPT = (
+    update(_ATTEMPTS)
+    .where(_ATTEMPTS.c.shipment_id == bindparam("b_id"), _ATTEMPTS.c.attempt_no == bindparam("b_no"))
+    .values(
+        finished_at=bindparam("b_at", type_=_ATTEMPTS.c.finished_at.type),
+        outcome=bindparam("b_outcome"),
+        detail=bindparam("b_detail"),
+        external_ref=bindparam("b_ref"),
+    )
+)
+_COUNT_ATTEMPTS = (
+    select(func.count())
+    .select_from(_ATTEMPTS)
+    .where(_ATTEMPTS.c.shipment_id == bindparam("b_id"), _ATTEMPTS.c.channel == bindparam("b_channel"))
+)
+_SEND_BY_KEY = select(_SENDS.c.external_ref, _SENDS.c.detail, _SENDS.c.data, _SENDS.c.sent_at).where(
+    _SENDS.c.shipment_id == bindparam("b_id"), _SENDS.c.channel == bindparam("b_channel")
+)
+#: The work item is still ours: same lease token, still claimed.
+_OURS = (
+    (_WORK.c.id == bindparam("b_item"))
+    & (_WORK.c.lease_token == bindparam("b_token"))
+    & (_WORK.c.status == "CLAIMED")
+)
+_COMPLETE = (
+    update(_WORK)
+    .where(_OURS)
+    .values(status="DONE", done_at=bindparam("b_now", type_=_WORK.c.done_at.type), lease_expires_at=None)
+)
+# An UPDATE rather than a SELECT: on PostgreSQL it takes the row lock, so a claimer that comes after us waits
+# until we commit and then sees what we wrote.
+_CHECK_LEASE = update(_WORK).where(_OURS).values(lease_token=_WORK.c.lease_token)
+_EXTEND_LEASE = (
+    update(_WORK)
+    .where(_OURS)
+    .values(lease_expires_at=bindparam("b_until", type_=_WORK.c.lease_expires_at.type))
+)
+_RELEASE = (
+    update(_WORK)
+    .where(_OURS)
+    .values(status="READY", lease_token=None, lease_owner=None, lease_expires_at=None)
+)
+_PRINT_ITEM = select(_ITEMS.c.batch_id, _ITEMS.c.sequence).where(_ITEMS.c.shipment_id == bindparam("b_id"))
+_BATCH_COLUMNS = (
+    _BATCHES.c.id,
+    _BATCHES.c.sender_key,
+    _BATCHES.c.status,
+    _BATCHES.c.opened_at,
+    _BATCHES.c.letter_count,
+    _BATCHES.c.total_bytes,
+    _BATCHES.c.path,
+    _BATCHES.c.closed_at,
+)
+_BATCH_BY_ID = select(*_BATCH_COLUMNS).where(_BATCHES.c.id == bindparam("b_id"))
+_OPEN_BATCH = select(_BATCHES.c.id).where(
+    _BATCHES.c.sender_key == bindparam("b_sender"), _BATCHES.c.status == "OPEN"
+)
+# Taking the row lock here orders us against a closer: if it marked the batch CLOSING first, the WHERE no
+# longer holds once the lock is ours, and the letter tries the next open batch.
+_TAKE_BATCH_PLACE = (
+    update(_BATCHES)
+    .where(_BATCHES.c.id == bindparam("b_id"), _BATCHES.c.status == "OPEN")
+    .values(
+        letter_count=_BATCHES.c.letter_count + 1,
+        total_bytes=_BATCHES.c.total_bytes + bindparam("b_bytes", type_=_BATCHES.c.total_bytes.type),
+    )
+    .returning(*_BATCH_COLUMNS)
+)
+_MARK_FULL = (
+    update(_BATCHES)
+    .where(_BATCHES.c.id == bindparam("b_id"), _BATCHES.c.status == "OPEN")
+    .values(status="FULL")
 )
 
 
@@ -138,7 +247,7 @@ def _first_line(exc: DBAPIError) -> str:
     return redact_passwords(words[0].strip()) if words else type(exc).__name__
 
 
-def _batch(row: PrintBatchRow) -> PrintBatchRecord:
+def _batch(row: PrintBatchRow | Row[*tuple[Any, ...]]) -> PrintBatchRecord:
     return PrintBatchRecord(
         id=row.id,
         sender_key=row.sender_key,
@@ -207,8 +316,13 @@ class SqlUnitOfWork:
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
-        """What the block writes is undone if it raises (the rest of the transaction stays)."""
-        with self.session.begin_nested():
+        """What the block writes is undone if it raises (the rest of the transaction stays). A savepoint on
+        the connection, not the session's: what the worker writes per letter is Core statements, so the
+        ORM's bookkeeping around a nested transaction would be pure cost. Anything the session still holds
+        unflushed is written before."""
+        if self.session.new or self.session.dirty or self.session.deleted:
+            self.session.flush()
+        with self._conn.begin_nested():
             yield
 
     # ----------------------------------------------------------------------------------------- clients
@@ -310,36 +424,24 @@ class SqlUnitOfWork:
     def letter_contents(
         self, shipment_ids: Sequence[str]
     ) -> dict[str, tuple[Mapping[str, object], Sequence[Attachment]]]:
-        ids = list(shipment_ids)
+        ids = {"b_ids": list(shipment_ids)}
         out: dict[str, tuple[Mapping[str, object], list[Attachment]]] = {}
-        for sid, letter in self.session.execute(
-            select(ShipmentContentRow.shipment_id, ShipmentContentRow.letter).where(
-                ShipmentContentRow.shipment_id.in_(ids)
-            )
-        ):
+        for sid, letter in self._conn.execute(_LETTERS_BY_ID, ids):
             out[sid] = (letter, [])
-        for sid, filename, content, content_type in self.session.execute(
-            select(
-                AttachmentRow.shipment_id,
-                AttachmentRow.filename,
-                AttachmentRow.content,
-                AttachmentRow.content_type,
-            )
-            .where(AttachmentRow.shipment_id.in_(ids))
-            .order_by(AttachmentRow.shipment_id, AttachmentRow.position)
-        ):
+        for sid, filename, content, content_type in self._conn.execute(_ATTACHMENTS_BY_ID, ids):
             if sid in out:
                 out[sid][1].append(Attachment(filename, content, content_type))
         return dict(out)
 
     def shipments(self, shipment_ids: Sequence[str]) -> dict[str, ShipmentRecord]:
-        rows = self.session.scalars(select(ShipmentRow).where(ShipmentRow.id.in_(list(shipment_ids))))
-        return {row.id: _shipment(row) for row in rows}
+        rows = self._conn.execute(_SHIPMENTS_BY_ID, {"b_ids": list(shipment_ids)})
+        return {row.id: ShipmentRecord(**row._asdict()) for row in rows}
 
     def save_shipment(self, shipment: ShipmentRecord) -> None:
         # Field by field, not dataclasses.asdict: that deep-copies the decision and result on every save.
-        values = {f: getattr(shipment, f) for f in _MUTABLE_FIELDS}
-        self._update(update(ShipmentRow).where(ShipmentRow.id == shipment.id).values(**values))
+        values: dict[str, object] = {f"b_{f}": getattr(shipment, f) for f in _MUTABLE_FIELDS}
+        values["b_id"] = shipment.id
+        self._conn.execute(_SAVE_SHIPMENT, values)
 
     def add_event(self, shipment_id: str, event: EventRecord) -> None:
         self._conn.execute(
@@ -380,14 +482,15 @@ class SqlUnitOfWork:
         ]
 
     def start_attempt(self, shipment_id: str, attempt: AttemptRecord) -> None:
-        self.session.execute(
-            insert(_ATTEMPTS).values(
-                shipment_id=shipment_id,
-                attempt_no=attempt.attempt_no,
-                channel=attempt.channel,
-                worker=attempt.worker[:100],
-                started_at=attempt.started_at,
-            )
+        self._conn.execute(
+            _INSERT_ATTEMPT,
+            {
+                "shipment_id": shipment_id,
+                "attempt_no": attempt.attempt_no,
+                "channel": attempt.channel,
+                "worker": attempt.worker[:100],
+                "started_at": attempt.started_at,
+            },
         )
 
     def finish_attempt(
@@ -399,44 +502,45 @@ class SqlUnitOfWork:
         detail: str,
         external_ref: str | None,
     ) -> None:
-        self._update(
-            update(AttemptRow)
-            .where(AttemptRow.shipment_id == shipment_id, AttemptRow.attempt_no == attempt_no)
-            .values(finished_at=finished_at, outcome=outcome, detail=detail[:2000], external_ref=external_ref)
+        self._conn.execute(
+            _FINISH_ATTEMPT,
+            {
+                "b_id": shipment_id,
+                "b_no": attempt_no,
+                "b_at": finished_at,
+                "b_outcome": outcome,
+                "b_detail": detail[:2000],
+                "b_ref": external_ref,
+            },
         )
 
     def count_attempts(self, shipment_id: str, channel: str) -> int:
         return int(
-            self.session.scalar(
-                select(func.count())
-                .select_from(AttemptRow)
-                .where(AttemptRow.shipment_id == shipment_id, AttemptRow.channel == channel)
-            )
-            or 0
+            self._conn.execute(_COUNT_ATTEMPTS, {"b_id": shipment_id, "b_channel": channel}).scalar() or 0
         )
 
     def sent_record(self, shipment_id: str, channel: str) -> SentRecord | None:
-        row = self.session.get(SentRow, (shipment_id, channel))
+        row = self._conn.execute(_SEND_BY_KEY, {"b_id": shipment_id, "b_channel": channel}).first()
         if row is None:
             return None
         return SentRecord(row.external_ref, row.detail, dict(row.data), row.sent_at)
 
     def add_sent_record(self, shipment_id: str, channel: str, record: SentRecord) -> None:
-        if self.session.get(SentRow, (shipment_id, channel)) is not None:
+        if self.sent_record(shipment_id, channel) is not None:
             return
         try:
-            with self.session.begin_nested():
-                self.session.add(
-                    SentRow(
-                        shipment_id=shipment_id,
-                        channel=channel,
-                        external_ref=record.external_ref,
-                        detail=record.detail,
-                        data=dict(record.data),
-                        sent_at=record.sent_at,
-                    )
+            with self._conn.begin_nested():
+                self._conn.execute(
+                    _INSERT_SEND,
+                    {
+                        "shipment_id": shipment_id,
+                        "channel": channel,
+                        "external_ref": record.external_ref,
+                        "detail": record.detail,
+                        "data": dict(record.data),
+                        "sent_at": record.sent_at,
+                    },
                 )
-                self.session.flush()
         except IntegrityError:
             pass  # a concurrent writer recorded it first: first write wins
 
@@ -455,40 +559,25 @@ class SqlUnitOfWork:
         )
 
     def claim(self, worker: str, now: datetime, lease: timedelta, limit: int) -> Sequence[Claim]:
-        return outbox.claim(self.session, worker, now, lease, limit)
+        return outbox.claim(self._conn, worker, now, lease, limit)
 
-    def _ours(self, claim: Claim) -> Any:
-        return (
-            (WorkItemRow.id == claim.work_item_id)
-            & (WorkItemRow.lease_token == claim.token)
-            & (WorkItemRow.status == "CLAIMED")
-        )
+    def _on_ours(self, stmt: Update, claim: Claim, **params: object) -> None:
+        """Run `stmt` (WHERE _OURS) on this claim's work item; LeaseLostError if the item is not ours."""
+        res = self._conn.execute(stmt, {"b_item": claim.work_item_id, "b_token": claim.token, **params})
+        if res.rowcount != 1:
+            raise LeaseLostError(str(claim.work_item_id))
 
     def complete(self, claim: Claim, now: datetime) -> None:
-        res = self._update(
-            update(WorkItemRow)
-            .where(self._ours(claim))
-            .values(status="DONE", done_at=now, lease_expires_at=None)
-        )
-        if res.rowcount != 1:
-            raise LeaseLostError(str(claim.work_item_id))
+        self._on_ours(_COMPLETE, claim, b_now=now)
 
     def check_lease(self, claim: Claim, *, extend_until: datetime | None = None) -> None:
-        # An UPDATE rather than a SELECT: on PostgreSQL it takes the row lock, so a claimer that comes
-        # after us waits until we commit and then sees what we wrote.
-        values: dict[str, object] = {"lease_token": WorkItemRow.lease_token}
-        if extend_until is not None:
-            values["lease_expires_at"] = extend_until
-        res = self._update(update(WorkItemRow).where(self._ours(claim)).values(**values))
-        if res.rowcount != 1:
-            raise LeaseLostError(str(claim.work_item_id))
+        if extend_until is None:
+            self._on_ours(_CHECK_LEASE, claim)
+        else:
+            self._on_ours(_EXTEND_LEASE, claim, b_until=extend_until)
 
     def release(self, claim: Claim) -> None:
-        self._update(
-            update(WorkItemRow)
-            .where(self._ours(claim))
-            .values(status="READY", lease_token=None, lease_owner=None, lease_expires_at=None)
-        )
+        self._conn.execute(_RELEASE, {"b_item": claim.work_item_id, "b_token": claim.token})
 
     # ------------------------------------------------------------------------------------ print batches
 
@@ -501,62 +590,34 @@ class SqlUnitOfWork:
         now: datetime,
         new_batch_id: str,
     ) -> tuple[PrintBatchRecord, int]:
-        existing = self.session.get(PrintItemRow, shipment_id)
+        existing = self._conn.execute(_PRINT_ITEM, {"b_id": shipment_id}).first()
         if existing is not None:
-            batch = self.session.get(PrintBatchRow, existing.batch_id)
-            assert batch is not None
+            batch = self._conn.execute(_BATCH_BY_ID, {"b_id": existing.batch_id}).one()
             return _batch(batch), existing.sequence
         for _ in range(10):
-            batch_id = self.session.scalar(
-                select(PrintBatchRow.id).where(
-                    PrintBatchRow.sender_key == sender_key, PrintBatchRow.status == "OPEN"
-                )
-            )
+            batch_id = self._conn.execute(_OPEN_BATCH, {"b_sender": sender_key}).scalar()
             if batch_id is None:
-                outbox.insert_open_batch(self.session, new_batch_id, sender_key, now)
+                outbox.insert_open_batch(self._conn, new_batch_id, sender_key, now)
                 continue
-            # Taking the row lock here orders us against a closer: if it marked the batch CLOSING first,
-            # the WHERE no longer holds after the lock is ours, and we try the next open batch.
-            taken = self._update(
-                update(PrintBatchRow)
-                .where(PrintBatchRow.id == batch_id, PrintBatchRow.status == "OPEN")
-                .values(
-                    letter_count=PrintBatchRow.letter_count + 1,
-                    total_bytes=PrintBatchRow.total_bytes + staged.size_bytes,
-                )
-                .returning(
-                    PrintBatchRow.sender_key,
-                    PrintBatchRow.status,
-                    PrintBatchRow.opened_at,
-                    PrintBatchRow.letter_count,
-                    PrintBatchRow.total_bytes,
-                )
+            taken = self._conn.execute(
+                _TAKE_BATCH_PLACE, {"b_id": batch_id, "b_bytes": staged.size_bytes}
             ).first()
             if taken is None:
                 continue
             seq = taken.letter_count
-            self.session.add(
-                PrintItemRow(
-                    shipment_id=shipment_id,
-                    batch_id=batch_id,
-                    sequence=seq,
-                    staged_name=staged.name,
-                    pages=staged.pages,
-                    size_bytes=staged.size_bytes,
-                    record=dict(record),
-                )
+            self._conn.execute(
+                _INSERT_PRINT_ITEM,
+                {
+                    "shipment_id": shipment_id,
+                    "batch_id": batch_id,
+                    "sequence": seq,
+                    "staged_name": staged.name,
+                    "pages": staged.pages,
+                    "size_bytes": staged.size_bytes,
+                    "record": dict(record),
+                },
             )
-            self.session.flush()
-            assigned = PrintBatchRecord(
-                id=batch_id,
-                sender_key=taken.sender_key,
-                status=taken.status,
-                opened_at=taken.opened_at,
-                letter_count=taken.letter_count,
-                total_bytes=taken.total_bytes,
-                path=None,
-            )
-            return assigned, seq
+            return _batch(taken), seq
         raise RuntimeError("could not find or open a print batch after 10 tries")
 
     def due_print_batches(
@@ -580,11 +641,7 @@ class SqlUnitOfWork:
         return [_batch(r) for r in rows]
 
     def mark_print_batch_full(self, batch_id: str) -> None:
-        self._update(
-            update(PrintBatchRow)
-            .where(PrintBatchRow.id == batch_id, PrintBatchRow.status == "OPEN")
-            .values(status="FULL")
-        )
+        self._conn.execute(_MARK_FULL, {"b_id": batch_id})
 
     def start_closing(self, batch_id: str, now: datetime, lease: timedelta) -> bool:
         res = self._update(
