@@ -187,6 +187,15 @@ def main() -> None:
                 channels = dict(
                     conn.execute(sa.text("SELECT channel, count(*) FROM shipments GROUP BY channel")).all()
                 )
+                # Every pass of the worker over a letter is a work item: the first, and each status poll.
+                passes = dict(
+                    conn.execute(
+                        sa.text(
+                            "SELECT s.channel, count(*) FROM work_items w JOIN shipments s"
+                            " ON s.id = w.shipment_id GROUP BY s.channel"
+                        )
+                    ).all()
+                )
             engine.dispose()
             with httpx.Client(verify=ctx, trust_env=False, timeout=10) as far:
                 stats = far.get(stats_url).json()
@@ -212,6 +221,10 @@ def main() -> None:
             f"(100,000 letters ≈ {100_000 / (n / total) / 60:.0f} min)"
         )
         print(f"states: {states}  channels: {channels}")
+        print(
+            "worker passes per letter: "
+            + ", ".join(f"{ch} {passes.get(ch, 0) / count:.2f}" for ch, count in channels.items() if count)
+        )
         print(f"FaR isReachable: {len(reachable)} calls for {sum(reachable)} recipients")
         print(
             f"peak RSS: service with its worker processes {peak['serve'] / 2**20:.0f} MiB, "

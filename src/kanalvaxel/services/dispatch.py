@@ -141,7 +141,10 @@ class Dispatcher:
         ids = [c.shipment_id for c in claims]
         with self._uow(read_only=True) as uow:
             shipments = uow.shipments(ids)
-            contents = uow.letter_contents(ids)
+            # A status poll needs the shipment only, not the letter and its attachments.
+            contents = uow.letter_contents(
+                [i for i, s in shipments.items() if s.state != ShipmentState.HANDED_OVER.value]
+            )
         # Whatever needs the network before a decision (FaR, certificate lookups) happens here, outside any
         # transaction.
         prepares: list[tuple[Claim, _Prepare]] = []
@@ -256,7 +259,12 @@ class Dispatcher:
             and shp.state == ShipmentState.DELIVERED.value
             and bool(pending_notices(shp.result))
         )
-        if shp is None or content is None or (ShipmentState(shp.state).terminal and not notify):
+        handed_over = shp is not None and shp.state == ShipmentState.HANDED_OVER.value
+        if (
+            shp is None
+            or (content is None and not handed_over)
+            or (ShipmentState(shp.state).terminal and not notify)
+        ):
             return lambda uow: uow.complete(claim, self._clock.now())
         if claim.claims > self._settings.max_claims:
             if notify:
@@ -264,15 +272,16 @@ class Dispatcher:
             return lambda uow: self._give_up(
                 uow, claim, shp, "Arbetet avbröts upprepade gånger (arbetsprocessen kraschade)."
             )
-        letter = letter_from_json(content[0], content[1])
         sender = self._senders.get(shp.sender_key)
         if sender is None:
             reason = f"Avsändaridentiteten {shp.sender_key!r} finns inte längre i inställningarna."
             return lambda uow: self._give_up(uow, claim, shp, reason)
+        if handed_over:
+            return lambda uow: self._renewed(uow, claim, lambda: self._follow_up(claim, shp))
+        assert content is not None
+        letter = letter_from_json(content[0], content[1])
         if notify:
             return lambda uow: self._renewed(uow, claim, lambda: self._notify(claim, shp, letter, sender))
-        if shp.state == ShipmentState.HANDED_OVER.value:
-            return lambda uow: self._renewed(uow, claim, lambda: self._follow_up(claim, shp))
         if shp.decision is None or shp.decision.get("retry_at"):
             facts = self._facts.gather(letter, sender, shp.accepted_at)
             decision = decide(letter, facts, self._policy, self._clock.now())
