@@ -214,11 +214,9 @@ class Dispatcher:
         with self._uow() as uow:
             for claim, record in records:
                 self._guarded(uow, claim, lambda u: record(u, closing))  # noqa: B023 (called at once)
-            lease = self._settings.lease
-            if lease is not None:
-                until = self._clock.now() + lease
+            if self._settings.lease is not None:
                 for claim in renew:
-                    if not self._guarded(uow, claim, lambda u: _renew(u, claim, until)):  # noqa: B023
+                    if not self._guarded(uow, claim, lambda u: self._renew(u, claim)):  # noqa: B023
                         lost.add(claim.work_item_id)
             for claim in release:
                 uow.release(claim)
@@ -295,10 +293,16 @@ class Dispatcher:
         decided, mailbox = decision_from_json(shp.decision)
         return lambda uow: self._start_attempt(uow, claim, shp, letter, sender, decided, mailbox)
 
-    def _renewed(self, uow: UnitOfWork, claim: Claim, act: _Act) -> _Act:
-        """Check and renew the lease in the batch's first transaction, then go on to `act`."""
+    def _renew(self, uow: UnitOfWork, claim: Claim) -> bool:
+        """Check the lease and renew it to a whole lease from now (when leases are renewed at all); raises
+        LeaseLostError when it is no longer ours."""
         lease = self._settings.lease
         uow.check_lease(claim, extend_until=self._clock.now() + lease if lease is not None else None)
+        return True
+
+    def _renewed(self, uow: UnitOfWork, claim: Claim, act: _Act) -> _Act:
+        """Check and renew the lease in the batch's first transaction, then go on to `act`."""
+        self._renew(uow, claim)
         return act
 
     def _start_attempt(
@@ -315,8 +319,7 @@ class Dispatcher:
         channel = decision.channels[shp.channel_index]
         now = self._clock.now()
         attempt_no = shp.attempts + 1
-        lease = self._settings.lease
-        uow.check_lease(claim, extend_until=now + lease if lease is not None else None)
+        self._renew(uow, claim)
         uow.start_attempt(
             shp.id, AttemptRecord(attempt_no, channel.value, self._worker, now, None, None, None, None)
         )
@@ -793,11 +796,6 @@ class Dispatcher:
         uow.complete(claim, now)
         self._finish_failed(uow, shp, now, message, {"claims": claim.claims})
         log.error("shipment %s failed: %s", shp.id, message)
-
-
-def _renew(uow: UnitOfWork, claim: Claim, until: datetime) -> bool:
-    uow.check_lease(claim, extend_until=until)  # raises LeaseLostError
-    return True
 
 
 def new_batch_id(now: datetime) -> str:
