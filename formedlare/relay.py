@@ -8,16 +8,27 @@ a signature that does not verify or chain to a trust anchor, a certificate of an
 for byte as a PENDING distribution; the same sender and message ids again give the same distribution.
 
 Delivery (:meth:`Relay.deliver_due`, run in threads by :class:`formedlare.worker.RelayWorker`) claims due
-distributions with a lease, asks FaR with the SENDING authority's organisation number, takes one of the
-operator's delivery slots, seals and POSTs ``deliverSecure`` with no database transaction open, then records
-the outcome only while it still holds the lease. Each operator has its own queue: at most
-``operator_concurrency`` calls in flight, and after a transient failure a backoff during which only ITS
-letters wait. Every attempt is a row; backoff is computed from the stored counts.
+distributions with a lease, a batch at a time (``DeliveryPolicy.claim_batch``, one ``UPDATE … WHERE id IN
+(SELECT … FOR UPDATE SKIP LOCKED) RETURNING``), asks FaR about the batch with the SENDING authority's
+organisation number (one lookup per sender, answers the FaR client has cached not asked again), and for each
+letter takes one of its operator's delivery slots, seals and POSTs ``deliverSecure`` with no database
+transaction open, then records the outcome only while it still holds the lease: a lost lease writes nothing
+to the letter. Each operator has its own queue: at most ``operator_concurrency`` calls in flight, and after a
+transient failure a backoff during which only ITS letters wait. Every attempt is a row; backoff is computed
+from the stored counts.
 
 Claiming and calling are separate steps: given an :class:`OperatorCalls`, :meth:`Relay.deliver_next` hands
-the call (seal, ``deliverSecure``, record) to it once the slot is taken and returns, so the thread that
-claims never waits on an operator and a slow operator holds nothing but its own slots. Without one the call
-runs in the claiming thread (tests, one-off passes).
+each call (seal, ``deliverSecure``, record) to it once the slot is taken and goes on with the batch, so the
+thread that claims never waits on an operator and a slow operator holds nothing but its own slots. Without
+one each call runs in the claiming thread (tests, one-off passes). A claimed letter is either worked or left
+to its lease (a worker that dies, or an error in its step); a worker that is stopping gives back the letters
+of its batch it has not begun.
+
+What runs for every letter (intake, claim, slot, record, status) is SQLAlchemy Core on a connection, with
+statements built once at import (or once per batch size, concurrency or dialect); the ORM session serves
+only the views (:meth:`Relay.distribution_detail`, :meth:`Relay.refusals`, :meth:`Relay.operator_queues`).
+A transaction on SQLite begins with the writers' turn and ``BEGIN IMMEDIATE`` (the engine's ``begin`` event
+in :func:`formedlare.store.make_engine`), for a connection as for a session.
 """
 
 from __future__ import annotations
@@ -36,11 +47,27 @@ from typing import Any, Protocol, cast
 from zoneinfo import ZoneInfo
 
 import httpx
-from sqlalchemy import ColumnElement, Engine, and_, func, or_, select, update
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Connection,
+    Engine,
+    Insert,
+    Select,
+    Table,
+    Update,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import CursorResult, Result
-from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import sessionmaker
 
 from far_client import FarClient, FarError, FarSettings, Reachability
 from formedlare.api import (
@@ -92,6 +119,223 @@ log = logging.getLogger(__name__)
 
 #: ReceivedTime in the seal is a date (xs:date); the relay's day is the Swedish one.
 RELAY_ZONE = ZoneInfo("Europe/Stockholm")
+
+# ------------------------------------------------------------------------------------------ statements
+# What the relay runs for every letter (intake, claim, slot, record, status) is built once, with bound
+# parameters, and run as Core on a connection: building a statement anew, and the ORM session around it, cost
+# several times running it. Parameters are named b_*, as a SET clause reserves the column names; datetime
+# parameters carry their column's type, so the UTC TypeDecorator applies to them.
+
+_DISTRIBUTIONS = cast(Table, DistributionRow.__table__)
+_ATTEMPTS = cast(Table, AttemptRow.__table__)
+_OPERATORS = cast(Table, OperatorRow.__table__)
+_REFUSALS = cast(Table, RefusalRow.__table__)
+_D = _DISTRIBUTIONS.c
+_A = _ATTEMPTS.c
+_O = _OPERATORS.c
+
+
+def _param(table: Table, column: str, name: str | None = None) -> BindParameter[Any]:
+    """A bound parameter (b_<column> unless named) of `column`'s type."""
+    return bindparam(name or f"b_{column}", type_=table.c[column].type)
+
+
+_INSERT_DISTRIBUTION = insert(_DISTRIBUTIONS)
+_INSERT_ATTEMPT = insert(_ATTEMPTS)
+_INSERT_CALL_ATTEMPT = insert(_ATTEMPTS).returning(_A.id)
+_INSERT_REFUSAL = insert(_REFUSALS)
+_BY_DIGEST = select(_D.id).where(_D.sha256 == bindparam("b_sha256")).limit(1)
+_BY_MESSAGE_KEY = select(_D.id, _D.sha256).where(
+    _D.sender_id == bindparam("b_sender"), _D.message_key == bindparam("b_key")
+)
+# Only what a status says: the row also holds the whole signed letter.
+_STATUS = select(
+    _D.id, _D.state, _D.detail, _D.operator_id, _D.operator_name, _D.attempts, _D.updated_at
+).where(_D.id == bindparam("b_id"))
+#: The distribution is still ours: our lease token is on it.
+_OURS = (_D.id == bindparam("b_id")) & (_D.lease_token == bindparam("b_token"))
+_RELEASE = (
+    update(_DISTRIBUTIONS)
+    .where(_D.id.in_(bindparam("b_ids", expanding=True)), _D.lease_token == bindparam("b_token"))
+    .values(lease_token=None, lease_expires_at=None)
+)
+# Taking a slot: the operator's row (its lock orders slot-takers on PostgreSQL), its calls in flight, then the
+# letter either put back in the operator's queue or counted as an attempt under the longer call lease.
+_OPERATOR_FOR_UPDATE = (
+    select(_O.name, _O.service_address, _O.next_attempt_at)
+    .where(_O.id == bindparam("b_id"))
+    .with_for_update()
+)
+_RENAME_OPERATOR = (
+    update(_OPERATORS)
+    .where(_O.id == bindparam("b_id"))
+    .values(
+        name=bindparam("b_name"),
+        service_address=bindparam("b_address"),
+        updated_at=_param(_OPERATORS, "updated_at", "b_now"),
+    )
+)
+_IN_FLIGHT = (
+    select(func.count())
+    .select_from(_ATTEMPTS)
+    .where(
+        _A.operator_id == bindparam("b_operator"),
+        _A.finished_at.is_(None),
+        _A.expires_at > _param(_ATTEMPTS, "expires_at", "b_now"),
+    )
+)
+_ROUTED = {
+    "operator_id": bindparam("b_operator_id"),
+    "operator_name": bindparam("b_operator_name"),
+    "updated_at": _param(_DISTRIBUTIONS, "updated_at", "b_now"),
+}
+_PUT_BACK = (
+    update(_DISTRIBUTIONS)
+    .where(_OURS)
+    .values(
+        {
+            **_ROUTED,
+            "lease_token": None,
+            "lease_expires_at": None,
+            "next_attempt_at": _param(_DISTRIBUTIONS, "next_attempt_at", "b_wait"),
+        }
+    )
+)
+_START_CALL = (
+    update(_DISTRIBUTIONS)
+    .where(_OURS)
+    .values(
+        {
+            **_ROUTED,
+            "attempts": _D.attempts + 1,
+            "lease_expires_at": _param(_DISTRIBUTIONS, "lease_expires_at", "b_until"),
+        }
+    )
+)
+# Recording a call.
+_FINISH_ATTEMPT = (
+    update(_ATTEMPTS)
+    .where(_A.id == bindparam("b_id"))
+    .values(
+        finished_at=_param(_ATTEMPTS, "finished_at", "b_at"),
+        outcome=bindparam("b_outcome"),
+        http_status=bindparam("b_status"),
+        outcome_unknown=_param(_ATTEMPTS, "outcome_unknown", "b_unknown"),
+        response=bindparam("b_response"),
+    )
+)
+_OPERATOR_FAILURES = select(_O.consecutive_failures).where(_O.id == bindparam("b_id"))
+_OPERATOR_FAILED = (
+    update(_OPERATORS)
+    .where(_O.id == bindparam("b_id"))
+    .values(
+        consecutive_failures=bindparam("b_failures"),
+        next_attempt_at=_param(_OPERATORS, "next_attempt_at", "b_next"),
+        updated_at=_param(_OPERATORS, "updated_at", "b_now"),
+    )
+)
+_OPERATOR_ANSWERED = (
+    update(_OPERATORS)
+    .where(_O.id == bindparam("b_id"))
+    .values(
+        consecutive_failures=0, next_attempt_at=None, updated_at=_param(_OPERATORS, "updated_at", "b_now")
+    )
+)
+_MAYBE_DELIVERED = or_(_A.outcome_unknown.is_(True), _A.finished_at.is_(None))
+_EARLIER_UNKNOWN = (
+    select(_A.id)
+    .where(
+        _A.distribution_id == bindparam("b_id"),
+        _A.operator_id == bindparam("b_operator"),
+        _A.id != bindparam("b_attempt"),
+        _MAYBE_DELIVERED,
+    )
+    .limit(1)
+)
+_OUTCOME_UNKNOWN = (
+    select(_A.id)
+    .where(_A.distribution_id == bindparam("b_id"), _A.operator_id.is_not(None), _MAYBE_DELIVERED)
+    .limit(1)
+)
+
+
+def _due(now: BindParameter[Any]) -> ColumnElement[bool]:
+    return and_(
+        _D.state == DistributionState.PENDING.value,
+        _D.next_attempt_at <= now,
+        or_(_D.lease_token.is_(None), _D.lease_expires_at < now),
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _claim_statement(limit: int, operator_concurrency: int) -> Update:
+    """Lease up to `limit` due distributions in one statement: one writer's atomic UPDATE on SQLite (which
+    has no FOR UPDATE), and SKIP LOCKED against the other claimers on PostgreSQL (deps-notes §5)."""
+    now = _param(_DISTRIBUTIONS, "next_attempt_at", "b_now")
+    blocked_by_backoff = select(_O.id).where(_O.next_attempt_at > now)
+    blocked_by_slots = (
+        select(_A.operator_id)
+        .where(_A.finished_at.is_(None), _A.expires_at > now, _A.operator_id.is_not(None))
+        .group_by(_A.operator_id)
+        .having(func.count() >= operator_concurrency)
+    )
+    due = (
+        select(_D.id)
+        .where(
+            _due(now),
+            # A letter whose operator is slow or failing waits in that operator's queue; others pass.
+            or_(
+                _D.operator_id.is_(None),
+                and_(_D.operator_id.not_in(blocked_by_backoff), _D.operator_id.not_in(blocked_by_slots)),
+            ),
+        )
+        .order_by(_D.next_attempt_at, _D.received_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=_DISTRIBUTIONS)
+        .scalar_subquery()
+    )
+    return (
+        update(_DISTRIBUTIONS)
+        .where(_D.id.in_(due))
+        .values(
+            lease_token=bindparam("b_token"),
+            lease_owner=bindparam("b_owner"),
+            lease_expires_at=_param(_DISTRIBUTIONS, "lease_expires_at", "b_until"),
+        )
+        .returning(
+            _D.id,
+            _D.sender_id,
+            _D.recipient_id,
+            _D.received_at,
+            _D.attempts,
+            _D.signed_delivery,
+            _D.next_attempt_at,
+        )
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _due_recipients_statement(limit: int) -> Select[str, str]:
+    return (
+        select(_D.sender_id, _D.recipient_id)
+        .where(_due(_param(_DISTRIBUTIONS, "next_attempt_at", "b_now")))
+        .order_by(_D.next_attempt_at, _D.received_at)
+        .limit(limit)
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _upsert_operator_statement(dialect: str) -> Insert:
+    """Insert an operator unless it is there (the parameters are the row's columns)."""
+    if dialect == "postgresql":
+        return postgresql.insert(_OPERATORS).on_conflict_do_nothing()
+    return sqlite.insert(_OPERATORS).on_conflict_do_nothing()
+
+
+@functools.lru_cache(maxsize=32)
+def _finish_statement(columns: tuple[str, ...]) -> Update:
+    """Set `columns` (parameters b_<column>) on the distribution while we hold its lease."""
+    return update(_DISTRIBUTIONS).where(_OURS).values({c: _param(_DISTRIBUTIONS, c) for c in columns})
 
 
 class RelayConfigurationError(FormedlareError):
@@ -149,6 +393,8 @@ class DeliveryPolicy:
     call_lease: timedelta = timedelta(seconds=300)
     #: How long a letter waits when its operator's slots are all taken.
     busy_retry: timedelta = timedelta(seconds=1)
+    #: How many due letters one claim leases at once (one statement, and one FaR lookup per sender).
+    claim_batch: int = 8
 
     @classmethod
     def from_settings(cls, settings: RelaySettings) -> DeliveryPolicy:
@@ -163,6 +409,7 @@ class DeliveryPolicy:
             max_age=timedelta(hours=settings.max_age_hours),
             lease=lease,
             call_lease=max(lease, call),
+            claim_batch=settings.claim_batch,
         )
 
     def backoff(self, failures: int) -> timedelta:
@@ -218,6 +465,10 @@ class OperatorQueue:
     in_flight: int
     next_attempt_at: datetime | None  # the queue's backoff: nothing goes to the operator before then
     consecutive_failures: int
+
+
+#: What FaR said of one recipient: its answer, None when it gave none, or why it could not be asked.
+_FarAnswer = Reachability | FarError | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,11 +612,9 @@ class Relay:
             # The very bytes it already accepted: the same distribution, whatever changed since (a signing
             # certificate that expired meanwhile, a sender no longer relayed). Refusing the resend of a sender
             # that crashed after handing over would make it send the letter another way as well.
-            with self._sessions() as session:
-                known = session.execute(
-                    select(DistributionRow.id).where(
-                        DistributionRow.sha256 == hashlib.sha256(signed_delivery).hexdigest()
-                    )
+            with self._engine.connect() as conn:
+                known = conn.execute(
+                    _BY_DIGEST, {"b_sha256": hashlib.sha256(signed_delivery).hexdigest()}
                 ).first()
         except OperationalError as exc:
             raise RelayUnavailableError(f"förmedlarens lager svarar inte: {exc.orig}") from exc
@@ -430,18 +679,18 @@ class Relay:
 
     def _record_refusal(self, data: bytes, refused: _Refused, now: datetime) -> None:
         parsed = refused.parsed
-        row = RefusalRow(
-            refused_at=now,
-            code=refused.code,
-            reason=refused.reason[:RESPONSE_EXCERPT],
-            sender_id=parsed.sender_id[:64] if parsed else None,
-            message_ids=json.dumps(list(parsed.message_ids), ensure_ascii=False) if parsed else None,
-            sha256=hashlib.sha256(data).hexdigest(),
-            size=len(data),
-        )
+        row = {
+            "refused_at": now,
+            "code": refused.code,
+            "reason": refused.reason[:RESPONSE_EXCERPT],
+            "sender_id": parsed.sender_id[:64] if parsed else None,
+            "message_ids": json.dumps(list(parsed.message_ids), ensure_ascii=False) if parsed else None,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "size": len(data),
+        }
         try:
-            with self._sessions.begin() as session:
-                session.add(row)
+            with self._engine.begin() as conn:
+                conn.execute(_INSERT_REFUSAL, row)
         except OperationalError:
             # The refusal stands whether or not it could be written down; the caller still gets it.
             log.exception("could not record a refusal (%s)", refused.code)
@@ -451,11 +700,9 @@ class Relay:
         digest = hashlib.sha256(data).hexdigest()
         for _ in range(2):
             try:
-                with self._sessions.begin() as session:
-                    existing = session.execute(
-                        select(DistributionRow.id, DistributionRow.sha256).where(
-                            DistributionRow.sender_id == parsed.sender_id, DistributionRow.message_key == key
-                        )
+                with self._engine.begin() as conn:
+                    existing = conn.execute(
+                        _BY_MESSAGE_KEY, {"b_sender": parsed.sender_id, "b_key": key}
                     ).first()
                     if existing is not None:
                         if existing.sha256 != digest:
@@ -465,22 +712,23 @@ class Relay:
                             )
                         return str(existing.id)
                     distribution_id = str(uuid.uuid4())
-                    session.add(
-                        DistributionRow(
-                            id=distribution_id,
-                            sender_id=parsed.sender_id,
-                            message_key=key,
-                            message_ids=json.dumps(list(parsed.message_ids), ensure_ascii=False),
-                            recipient_id=parsed.recipient_id,
-                            signed_delivery=data,
-                            sha256=digest,
-                            received_at=now,
-                            state=DistributionState.PENDING.value,
-                            detail="Mottagen av förmedlaren, väntar på leverans",
-                            attempts=0,
-                            next_attempt_at=now,
-                            updated_at=now,
-                        )
+                    conn.execute(
+                        _INSERT_DISTRIBUTION,
+                        {
+                            "id": distribution_id,
+                            "sender_id": parsed.sender_id,
+                            "message_key": key,
+                            "message_ids": json.dumps(list(parsed.message_ids), ensure_ascii=False),
+                            "recipient_id": parsed.recipient_id,
+                            "signed_delivery": data,
+                            "sha256": digest,
+                            "received_at": now,
+                            "state": DistributionState.PENDING.value,
+                            "detail": "Mottagen av förmedlaren, väntar på leverans",
+                            "attempts": 0,
+                            "next_attempt_at": now,
+                            "updated_at": now,
+                        },
                     )
                 log.info("accepted distribution %s", distribution_id)
                 return distribution_id
@@ -495,13 +743,13 @@ class Relay:
         """The current state of a distribution; ``detail`` says (in Swedish) whom it was delivered to, why it
         failed, or when the next try is. Raises UnknownDistributionError, RelayUnavailableError."""
         try:
-            with self._sessions() as session:
-                row = session.get(DistributionRow, distribution_id)
-                if row is None:
-                    raise UnknownDistributionError(f"okänd försändelse: {distribution_id}")
-                return _status(row)
+            with self._engine.connect() as conn:
+                row = conn.execute(_STATUS, {"b_id": distribution_id}).first()
         except OperationalError as exc:
             raise RelayUnavailableError(f"förmedlarens lager svarar inte: {exc.orig}") from exc
+        if row is None:
+            raise UnknownDistributionError(f"okänd försändelse: {distribution_id}")
+        return _status(row)
 
     def distribution_detail(self, distribution_id: str) -> DistributionDetail:
         """Status plus every attempt, oldest first. Raises UnknownDistributionError."""
@@ -613,17 +861,8 @@ class Relay:
                 return 0
             self._prefetched_at = started
             now = self._clock()
-            with self._sessions() as session:
-                rows = session.execute(
-                    select(DistributionRow.sender_id, DistributionRow.recipient_id)
-                    .where(
-                        DistributionRow.state == DistributionState.PENDING.value,
-                        DistributionRow.next_attempt_at <= now,
-                        or_(DistributionRow.lease_token.is_(None), DistributionRow.lease_expires_at < now),
-                    )
-                    .order_by(DistributionRow.next_attempt_at, DistributionRow.received_at)
-                    .limit(limit)
-                ).all()
+            with self._engine.connect() as conn:
+                rows = conn.execute(_due_recipients_statement(limit), {"b_now": now}).all()
             self._asked = {k: t for k, t in self._asked.items() if started - t < 60}
             by_sender: dict[str, list[str]] = {}
             for sender_id, recipient_id in rows:
@@ -648,7 +887,8 @@ class Relay:
     def deliver_due(
         self, now: datetime | None = None, *, limit: int = 100, calls: OperatorCalls | None = None
     ) -> int:
-        """One pass: claim and work through due distributions one by one until none is due (or `limit`).
+        """One pass: claim due distributions in batches (``policy.claim_batch``) and work through each batch
+        until none is due (or `limit`).
 
         `now` fixes the time of the whole pass (tests); by default the clock is read at each step. Returns the
         number of distributions worked on (delivered, failed, retried later, or put back because their
@@ -656,90 +896,121 @@ class Relay:
         mid-call leaves its lease to expire; the next pass then delivers again, and the operator's duplicate
         answer counts as delivered."""
         done = 0
-        while done < limit and self.deliver_next(now, calls=calls):
-            done += 1
+        while done < limit:
+            worked = self.deliver_next(now, calls=calls, batch=min(self.policy.claim_batch, limit - done))
+            if not worked:
+                break
+            done += worked
         return done
 
-    def deliver_next(self, now: datetime | None = None, *, calls: OperatorCalls | None = None) -> bool:
-        """Claim and work on one due distribution; False when none is due.
+    def deliver_next(
+        self,
+        now: datetime | None = None,
+        *,
+        calls: OperatorCalls | None = None,
+        batch: int | None = None,
+        stopping: Callable[[], bool] | None = None,
+    ) -> int:
+        """Claim up to `batch` (default ``policy.claim_batch``) due distributions in one statement and work on
+        each in turn; returns how many were worked on, 0 when none was due.
 
-        With `calls`, the operator call (once its slot is taken) is handed to it and this returns at once;
-        without, it runs here and this returns once the outcome is recorded."""
+        The batch's recipients are looked up in FaR together, one call per sender (answers the FaR client
+        has cached are not asked again). With `calls`, each operator call (once its slot is taken) is handed
+        to it and the next letter follows at once; without, each call runs here and is recorded before the
+        next letter. Once `stopping()` is true, the letters not begun are given back (their leases cleared)
+        and not counted. A letter whose work raises is logged and left to its lease; an error of the store
+        ends the batch (raised), the rest of it left to their leases as well."""
         clock: Callable[[], datetime] = (lambda: now) if now is not None else self._clock
-        claim = self._claim(clock())
-        if claim is None:
-            return False
-        self._work(claim, clock, calls)
-        return True
+        claims = self._claim(clock(), max(1, batch or self.policy.claim_batch))
+        if not claims:
+            return 0
+        answers = self._reachability([c for c in claims if not self._exhausted(c, clock())])
+        for index, claim in enumerate(claims):
+            if stopping is not None and stopping():
+                self._release(claims[index:])
+                return index
+            try:
+                self._work(claim, answers, clock, calls)
+            except DBAPIError:
+                raise
+            except Exception:
+                log.exception("distribution %s: delivery failed; tried again once its lease ends", claim.id)
+        return len(claims)
 
-    def _claim(self, now: datetime) -> _Claim | None:
+    def _claim(self, now: datetime, limit: int) -> list[_Claim]:
         token = str(uuid.uuid4())
-        blocked_by_backoff = select(OperatorRow.id).where(OperatorRow.next_attempt_at > now)
-        blocked_by_slots = (
-            select(AttemptRow.operator_id)
-            .where(_in_flight(now), AttemptRow.operator_id.is_not(None))
-            .group_by(AttemptRow.operator_id)
-            .having(func.count() >= self.policy.operator_concurrency)
-        )
-        due = (
-            select(DistributionRow.id)
-            .where(
-                DistributionRow.state == DistributionState.PENDING.value,
-                DistributionRow.next_attempt_at <= now,
-                or_(DistributionRow.lease_token.is_(None), DistributionRow.lease_expires_at < now),
-                # A letter whose operator is slow or failing waits in that operator's queue; others pass.
-                or_(
-                    DistributionRow.operator_id.is_(None),
-                    and_(
-                        DistributionRow.operator_id.not_in(blocked_by_backoff),
-                        DistributionRow.operator_id.not_in(blocked_by_slots),
-                    ),
-                ),
-            )
-            .order_by(DistributionRow.next_attempt_at, DistributionRow.received_at)
-            .limit(1)
-            .with_for_update(skip_locked=True, of=DistributionRow)
-            .scalar_subquery()
-        )
-        stmt = (
-            update(DistributionRow)
-            .where(DistributionRow.id.in_(due))
-            .values(
-                lease_token=token,
-                lease_owner=self._name[:100],
-                lease_expires_at=now + self.policy.lease,
-            )
-            .returning(
-                DistributionRow.id,
-                DistributionRow.sender_id,
-                DistributionRow.recipient_id,
-                DistributionRow.received_at,
-                DistributionRow.attempts,
-                DistributionRow.signed_delivery,
-            )
-        )
-        with self._sessions.begin() as session:
-            row = session.execute(stmt, execution_options={"synchronize_session": False}).first()
-        if row is None:
-            return None
-        return _Claim(
-            row.id, token, row.sender_id, row.recipient_id, row.received_at, row.attempts, row.signed_delivery
-        )
+        params = {
+            "b_now": now,
+            "b_token": token,
+            "b_owner": self._name[:100],
+            "b_until": now + self.policy.lease,
+        }
+        with self._engine.begin() as conn:
+            claimed = conn.execute(_claim_statement(limit, self.policy.operator_concurrency), params).all()
+        # RETURNING gives no order (PostgreSQL): the batch is worked in the order the letters are due.
+        rows = sorted(claimed, key=lambda r: (r.next_attempt_at, r.received_at))
+        return [
+            _Claim(r.id, token, r.sender_id, r.recipient_id, r.received_at, r.attempts, r.signed_delivery)
+            for r in rows
+        ]
 
-    def _work(self, claim: _Claim, clock: Callable[[], datetime], calls: OperatorCalls | None) -> None:
+    def _release(self, claims: Sequence[_Claim]) -> None:
+        """Give back letters claimed and not begun: due again at once, for this worker or another."""
+        by_token: dict[str, list[str]] = {}
+        for claim in claims:
+            by_token.setdefault(claim.token, []).append(claim.id)
+        with self._engine.begin() as conn:
+            for token, ids in by_token.items():
+                conn.execute(_RELEASE, {"b_ids": ids, "b_token": token})
+        log.info("gave back %d claimed distribution(s) untouched", len(claims))
+
+    def _exhausted(self, claim: _Claim, now: datetime) -> bool:
+        """Out of attempts or too old: given up unless an earlier call may have delivered it."""
+        return claim.attempts >= self.policy.max_attempts or now - claim.received_at > self.policy.max_age
+
+    def _reachability(self, claims: Sequence[_Claim]) -> dict[tuple[str, str], _FarAnswer]:
+        """FaR's answers for these letters, keyed (sender organisation, recipient): one lookup per sender."""
+        by_sender: dict[str, list[str]] = {}
+        for claim in claims:
+            by_sender.setdefault(claim.sender_id.removeprefix("16"), []).append(claim.recipient_id)
+        found: dict[tuple[str, str], _FarAnswer] = {}
+        for organisation, ids in by_sender.items():
+            for recipient_id, answer in self._ask_far(organisation, list(dict.fromkeys(ids))).items():
+                found[(organisation, recipient_id)] = answer
+        return found
+
+    def _ask_far(self, organisation: str, recipient_ids: list[str]) -> dict[str, _FarAnswer]:
+        try:
+            answers = self._far.is_reachable(organisation, recipient_ids)
+        except FarError as exc:
+            if exc.retryable or len(recipient_ids) == 1:
+                # FaR down, slow or confused is FaR's problem, not the letters': all try again later.
+                return dict.fromkeys(recipient_ids, exc)
+            # A fault, an answer that does not fit, an id FaR cannot carry: perhaps one recipient's doing, so
+            # each is asked alone and one letter cannot hold up the others.
+            found: dict[str, _FarAnswer] = {}
+            for recipient_id in recipient_ids:
+                found |= self._ask_far(organisation, [recipient_id])
+            return found
+        return {recipient_id: answers.get(recipient_id) for recipient_id in recipient_ids}
+
+    def _work(
+        self,
+        claim: _Claim,
+        answers: Mapping[tuple[str, str], _FarAnswer],
+        clock: Callable[[], datetime],
+        calls: OperatorCalls | None,
+    ) -> None:
         now = clock()
-        too_old = now - claim.received_at > self.policy.max_age
-        if (claim.attempts >= self.policy.max_attempts or too_old) and not self._outcome_unknown(claim.id):
+        if self._exhausted(claim, now) and not self._outcome_unknown(claim.id):
             self._give_up(claim, now)
             return
-        organisation = claim.sender_id.removeprefix("16")
-        try:
-            answers = self._far.is_reachable(organisation, [claim.recipient_id])
-        except FarError as exc:
-            # FaR down, slow or confused is FaR's problem, not the letter's: try again later.
-            self._far_unavailable(claim, clock(), exc)
+        key = (claim.sender_id.removeprefix("16"), claim.recipient_id)
+        answer = answers[key] if key in answers else self._ask_far(key[0], [key[1]])[key[1]]
+        if isinstance(answer, FarError):
+            self._far_unavailable(claim, clock(), answer)
             return
-        target = route(answers.get(claim.recipient_id))
+        target = route(answer)
         if isinstance(target, str):
             self._unreachable(claim, clock(), target)
             return
@@ -785,106 +1056,102 @@ class Relay:
     def _take_slot(self, claim: _Claim, target: Route, clock: Callable[[], datetime]) -> int | None:
         """Route the letter to its operator and start an attempt if the operator has a free slot and is not
         in backoff. None: lease lost, or the letter was put back in the operator's queue."""
-        with self._sessions.begin() as session:
-            _upsert_operator(session, target, clock())
-            operator = session.execute(
-                select(OperatorRow).where(OperatorRow.id == target.operator_id).with_for_update()
-            ).scalar_one()
+        with self._engine.begin() as conn:
+            conn.execute(
+                _upsert_operator_statement(conn.dialect.name),
+                {
+                    "id": target.operator_id,
+                    "name": target.operator_name,
+                    "service_address": target.service_address,
+                    "consecutive_failures": 0,
+                    "updated_at": clock(),
+                },
+            )
+            operator = conn.execute(_OPERATOR_FOR_UPDATE, {"b_id": target.operator_id}).one()
             # The row lock serialises slot-taking per operator on PostgreSQL (SQLite has one writer anyway).
             # Read the time only now that we hold it, so an attempt never seems to start before the one
             # whose slot it took had finished.
             now = clock()
             if operator.name != target.operator_name or operator.service_address != target.service_address:
-                operator.name = target.operator_name
-                operator.service_address = target.service_address
-                operator.updated_at = now
-            in_flight = session.execute(
-                select(func.count())
-                .select_from(AttemptRow)
-                .where(AttemptRow.operator_id == target.operator_id, _in_flight(now))
+                conn.execute(
+                    _RENAME_OPERATOR,
+                    {
+                        "b_id": target.operator_id,
+                        "b_name": target.operator_name,
+                        "b_address": target.service_address,
+                        "b_now": now,
+                    },
+                )
+            in_flight = conn.execute(
+                _IN_FLIGHT, {"b_operator": target.operator_id, "b_now": now}
             ).scalar_one()
             wait_until: datetime | None = None
             if operator.next_attempt_at is not None and operator.next_attempt_at > now:
                 wait_until = operator.next_attempt_at
             elif in_flight >= self.policy.operator_concurrency:
                 wait_until = now + self.policy.busy_retry
-            values: dict[str, object] = {
-                "operator_id": target.operator_id,
-                "operator_name": target.operator_name,
-                "updated_at": now,
+            routed = {
+                "b_id": claim.id,
+                "b_token": claim.token,
+                "b_operator_id": target.operator_id,
+                "b_operator_name": target.operator_name,
+                "b_now": now,
             }
             if wait_until is not None:
-                values |= {"lease_token": None, "lease_expires_at": None, "next_attempt_at": wait_until}
-            else:
-                values |= {
-                    "attempts": DistributionRow.attempts + 1,
-                    "lease_expires_at": now + self.policy.call_lease,
-                }
-            held = _rowcount(
-                session.execute(
-                    update(DistributionRow)
-                    .where(DistributionRow.id == claim.id, DistributionRow.lease_token == claim.token)
-                    .values(**values),
-                    execution_options={"synchronize_session": False},
-                )
-            )
-            if held != 1 or wait_until is not None:
+                conn.execute(_PUT_BACK, routed | {"b_wait": wait_until})
                 return None
-            attempt = AttemptRow(
-                distribution_id=claim.id,
-                operator_id=target.operator_id,
-                lease_token=claim.token,
-                started_at=now,
-                expires_at=now + self.policy.call_lease,
-            )
-            session.add(attempt)
-            session.flush()
-            return attempt.id
+            until = now + self.policy.call_lease
+            if conn.execute(_START_CALL, routed | {"b_until": until}).rowcount != 1:
+                return None
+            attempt_id: int = conn.execute(
+                _INSERT_CALL_ATTEMPT,
+                {
+                    "distribution_id": claim.id,
+                    "operator_id": target.operator_id,
+                    "lease_token": claim.token,
+                    "started_at": now,
+                    "expires_at": until,
+                    "outcome_unknown": False,
+                },
+            ).scalar_one()
+            return attempt_id
 
     def _record(
         self, claim: _Claim, target: Route, attempt_id: int, result: CallResult, now: datetime
     ) -> None:
         name = target.operator_name
-        with self._sessions.begin() as session:
-            session.execute(
-                update(AttemptRow)
-                .where(AttemptRow.id == attempt_id)
-                .values(
-                    finished_at=now,
-                    outcome=result.outcome.value,
-                    http_status=result.http_status,
-                    outcome_unknown=result.outcome_unknown,
-                    response=result.excerpt[:RESPONSE_EXCERPT],
-                ),
-                execution_options={"synchronize_session": False},
+        with self._engine.begin() as conn:
+            conn.execute(
+                _FINISH_ATTEMPT,
+                {
+                    "b_id": attempt_id,
+                    "b_at": now,
+                    "b_outcome": result.outcome.value,
+                    "b_status": result.http_status,
+                    "b_unknown": result.outcome_unknown,
+                    "b_response": result.excerpt[:RESPONSE_EXCERPT],
+                },
             )
-            operator_values: dict[str, object]
             if result.outcome is Outcome.TRANSIENT:
-                failures = (
-                    session.execute(
-                        select(OperatorRow.consecutive_failures).where(OperatorRow.id == target.operator_id)
-                    ).scalar_one()
-                    + 1
+                failures = conn.execute(_OPERATOR_FAILURES, {"b_id": target.operator_id}).scalar_one() + 1
+                conn.execute(
+                    _OPERATOR_FAILED,
+                    {
+                        "b_id": target.operator_id,
+                        "b_failures": failures,
+                        "b_next": now + self.policy.backoff(failures),
+                        "b_now": now,
+                    },
                 )
-                operator_values = {
-                    "consecutive_failures": failures,
-                    "next_attempt_at": now + self.policy.backoff(failures),
-                }
             else:
                 # Any clear answer shows the operator is up: its queue may flow again.
-                operator_values = {"consecutive_failures": 0, "next_attempt_at": None}
-            session.execute(
-                update(OperatorRow)
-                .where(OperatorRow.id == target.operator_id)
-                .values(updated_at=now, **operator_values),
-                execution_options={"synchronize_session": False},
-            )
+                conn.execute(_OPERATOR_ANSWERED, {"b_id": target.operator_id, "b_now": now})
             attempts = claim.attempts + 1
             if result.outcome is Outcome.DELIVERED:
                 values = _final(DistributionState.DELIVERED, f"Levererad till {name}", now)
                 values["trans_id"] = result.trans_id
             elif result.outcome is Outcome.DUPLICATE and self._earlier_unknown(
-                session, claim.id, target, attempt_id
+                conn, claim.id, target, attempt_id
             ):
                 values = _final(
                     DistributionState.DELIVERED,
@@ -898,8 +1165,8 @@ class Relay:
                     now,
                 )
             else:
-                values = self._retry_values(claim, attempts, now, f"{name}: {result.description}", session)
-            held = self._finish(session, claim, values)
+                values = self._retry_values(claim, attempts, now, f"{name}: {result.description}", conn)
+            held = self._finish(conn, claim, values)
         if held:
             log.info(
                 "distribution %s: attempt %d to %s -> %s", claim.id, attempts, name, result.outcome.value
@@ -907,43 +1174,25 @@ class Relay:
         else:
             log.warning("distribution %s: lease lost before recording %s", claim.id, result.outcome.value)
 
-    def _earlier_unknown(
-        self, session: Session, distribution_id: str, target: Route, attempt_id: int
-    ) -> bool:
+    @staticmethod
+    def _earlier_unknown(conn: Connection, distribution_id: str, target: Route, attempt_id: int) -> bool:
         """Whether an earlier call to this operator may have delivered the letter: its answer was lost or
         unclear, or the worker making it died before recording anything."""
-        found = session.execute(
-            select(AttemptRow.id)
-            .where(
-                AttemptRow.distribution_id == distribution_id,
-                AttemptRow.operator_id == target.operator_id,
-                AttemptRow.id != attempt_id,
-                or_(AttemptRow.outcome_unknown.is_(True), AttemptRow.finished_at.is_(None)),
-            )
-            .limit(1)
-        ).first()
+        params = {"b_id": distribution_id, "b_operator": target.operator_id, "b_attempt": attempt_id}
+        found = conn.execute(_EARLIER_UNKNOWN, params).first()
         return found is not None
 
-    def _outcome_unknown(self, distribution_id: str, session: Session | None = None) -> bool:
+    def _outcome_unknown(self, distribution_id: str, conn: Connection | None = None) -> bool:
         """Whether some earlier call may have delivered the letter (its answer was lost, or its worker died).
 
         Such a letter is never given up as FAILED: the sender would then send it another way, and the
         recipient could get it twice. It is retried (at the longest backoff) until an operator answers; a
         duplicate answer then means DELIVERED.
         """
-        query = (
-            select(AttemptRow.id)
-            .where(
-                AttemptRow.distribution_id == distribution_id,
-                AttemptRow.operator_id.is_not(None),
-                or_(AttemptRow.outcome_unknown.is_(True), AttemptRow.finished_at.is_(None)),
-            )
-            .limit(1)
-        )
-        if session is not None:
-            return session.execute(query).first() is not None
-        with self._sessions.begin() as own:
-            return own.execute(query).first() is not None
+        if conn is not None:
+            return conn.execute(_OUTCOME_UNKNOWN, {"b_id": distribution_id}).first() is not None
+        with self._engine.connect() as own:
+            return own.execute(_OUTCOME_UNKNOWN, {"b_id": distribution_id}).first() is not None
 
     def _pending_unknown(self, now: datetime, why: str) -> dict[str, object]:
         next_at = now + self.policy.backoff_max
@@ -961,11 +1210,11 @@ class Relay:
         }
 
     def _retry_values(
-        self, claim: _Claim, attempts: int, now: datetime, why: str, session: Session
+        self, claim: _Claim, attempts: int, now: datetime, why: str, conn: Connection
     ) -> dict[str, object]:
         next_at = now + self.policy.backoff(attempts)
         exhausted = attempts >= self.policy.max_attempts or next_at - claim.received_at > self.policy.max_age
-        if exhausted and self._outcome_unknown(claim.id, session):
+        if exhausted and self._outcome_unknown(claim.id, conn):
             return self._pending_unknown(now, why)
         if attempts >= self.policy.max_attempts:
             return _final(
@@ -987,46 +1236,49 @@ class Relay:
 
     @staticmethod
     def _add_no_call_attempt(
-        session: Session, claim: _Claim, now: datetime, outcome: Outcome, response: str
+        conn: Connection, claim: _Claim, now: datetime, outcome: Outcome, response: str
     ) -> None:
         """An attempt that ended before any operator was called (FaR could not be asked, or said no)."""
-        session.add(
-            AttemptRow(
-                distribution_id=claim.id,
-                lease_token=claim.token,
-                started_at=now,
-                expires_at=now,
-                finished_at=now,
-                outcome=outcome.value,
-                outcome_unknown=False,
-                response=response[:RESPONSE_EXCERPT],
-            )
+        conn.execute(
+            _INSERT_ATTEMPT,
+            {
+                "distribution_id": claim.id,
+                "operator_id": None,
+                "lease_token": claim.token,
+                "started_at": now,
+                "expires_at": now,
+                "finished_at": now,
+                "outcome": outcome.value,
+                "outcome_unknown": False,
+                "response": response[:RESPONSE_EXCERPT],
+            },
         )
 
     def _far_unavailable(self, claim: _Claim, now: datetime, exc: FarError) -> None:
-        with self._sessions.begin() as session:
-            self._add_no_call_attempt(session, claim, now, Outcome.FAR_UNAVAILABLE, str(exc))
+        with self._engine.begin() as conn:
             attempts = claim.attempts + 1
             values = self._retry_values(
-                claim, attempts, now, f"FaR gick inte att fråga ({type(exc).__name__})", session
+                claim, attempts, now, f"FaR gick inte att fråga ({type(exc).__name__})", conn
             )
             values["attempts"] = attempts
-            held = self._finish(session, claim, values)
+            held = self._finish(conn, claim, values)
+            if held:  # a lost lease writes nothing: the letter is another worker's now
+                self._add_no_call_attempt(conn, claim, now, Outcome.FAR_UNAVAILABLE, str(exc))
         log.warning(
             "distribution %s: FaR unavailable (%s); lease held: %s", claim.id, type(exc).__name__, held
         )
 
     def _unreachable(self, claim: _Claim, now: datetime, reason: str) -> None:
-        with self._sessions.begin() as session:
-            self._add_no_call_attempt(session, claim, now, Outcome.UNREACHABLE, reason)
-            if self._outcome_unknown(claim.id, session):
+        with self._engine.begin() as conn:
+            if self._outcome_unknown(claim.id, conn):
                 # FaR changed its answer after a call whose result we never learnt: the operator may have
                 # the letter, so it is not failed (the sender would send it again another way).
                 values = self._pending_unknown(now, reason)
             else:
                 values = _final(DistributionState.FAILED, reason, now)
             values["attempts"] = claim.attempts + 1
-            self._finish(session, claim, values)
+            if self._finish(conn, claim, values):
+                self._add_no_call_attempt(conn, claim, now, Outcome.UNREACHABLE, reason)
         log.info("distribution %s: recipient not reachable digitally", claim.id)
 
     def _give_up(self, claim: _Claim, now: datetime) -> None:
@@ -1036,26 +1288,16 @@ class Relay:
             if claim.attempts >= self.policy.max_attempts
             else f"Kunde inte levereras inom {hours:g} timmar"
         )
-        with self._sessions.begin() as session:
-            self._finish(session, claim, _final(DistributionState.FAILED, reason, now))
+        with self._engine.begin() as conn:
+            self._finish(conn, claim, _final(DistributionState.FAILED, reason, now))
 
     @staticmethod
-    def _finish(session: Session, claim: _Claim, values: dict[str, object]) -> bool:
+    def _finish(conn: Connection, claim: _Claim, values: Mapping[str, object]) -> bool:
         """Write the distribution's outcome if we still hold its lease; False (nothing written) otherwise."""
-        count = _rowcount(
-            session.execute(
-                update(DistributionRow)
-                .where(DistributionRow.id == claim.id, DistributionRow.lease_token == claim.token)
-                .values(**values),
-                execution_options={"synchronize_session": False},
-            )
-        )
-        return count == 1
-
-
-def _rowcount(result: Result[Any]) -> int:
-    # UPDATE statements give a CursorResult; the ORM's execute() is typed with the wider Result.
-    return cast(CursorResult[Any], result).rowcount
+        params: dict[str, object] = {f"b_{column}": value for column, value in values.items()}
+        params["b_id"] = claim.id
+        params["b_token"] = claim.token
+        return conn.execute(_finish_statement(tuple(values)), params).rowcount == 1
 
 
 def _final(state: DistributionState, detail: str, now: datetime) -> dict[str, object]:
@@ -1073,21 +1315,7 @@ def _in_flight(now: datetime) -> ColumnElement[bool]:
     return and_(AttemptRow.finished_at.is_(None), AttemptRow.expires_at > now)
 
 
-def _upsert_operator(session: Session, target: Route, now: datetime) -> None:
-    values = {
-        "id": target.operator_id,
-        "name": target.operator_name,
-        "service_address": target.service_address,
-        "consecutive_failures": 0,
-        "updated_at": now,
-    }
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(postgresql.insert(OperatorRow).values(**values).on_conflict_do_nothing())
-    else:
-        session.execute(sqlite.insert(OperatorRow).values(**values).on_conflict_do_nothing())
-
-
-def _status(row: DistributionRow) -> DistributionStatus:
+def _status(row: DistributionRow | Row[*tuple[Any, ...]]) -> DistributionStatus:
     return DistributionStatus(
         distribution_id=row.id,
         state=DistributionState(row.state),

@@ -56,6 +56,8 @@ class RelaySettings(BaseSettings):
     max_attempts: int = Field(default=20, ge=1)
     max_age_hours: float = Field(default=72.0, gt=0)
     lease_seconds: float = Field(default=120.0, gt=0)
+    #: Due letters one claim leases at once; a claim thread works through them before it claims again.
+    claim_batch: int = Field(default=8, ge=1, le=1000)
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     read_timeout_seconds: float = Field(default=120.0, gt=0)
 

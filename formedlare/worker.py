@@ -1,9 +1,11 @@
 """Delivery threads: claim threads work through due distributions until stopped and hand each operator call to
 that operator's own call threads.
 
-A claim thread claims a letter, asks FaR and takes one of the operator's slots, then gives the call (seal,
-``deliverSecure``, record) to :class:`OperatorThreads` and claims the next: it never waits on an operator, so
-an operator answering after a minute holds only its own slots while the other operators' letters flow. Each
+A claim thread claims a batch of letters (``claim_batch`` of the relay's policy) in one statement, asks FaR
+about them together, and for each takes one of its operator's slots and gives the call (seal,
+``deliverSecure``, record) to :class:`OperatorThreads`; then it claims the next batch. It never waits on an
+operator, so an operator answering after a minute holds only its own slots while the other operators' letters
+flow. A claim thread that is stopped mid-batch gives back the letters it has not begun. Each
 operator gets up to ``operator_concurrency`` call threads, started when first needed. The slot limit itself
 is kept by the relay's store, across threads and processes alike, so an operator's calls never outnumber its
 threads here.
@@ -107,12 +109,13 @@ class OperatorThreads:
 
 
 class RelayWorker:
-    """Runs :meth:`Relay.deliver_next` in `threads` daemon claim threads, with the operator calls in an
-    :class:`OperatorThreads` of ``relay.policy.operator_concurrency`` threads per operator.
+    """Runs :meth:`Relay.deliver_next` (a batch at a time) in `threads` daemon claim threads, with the
+    operator calls in an :class:`OperatorThreads` of ``relay.policy.operator_concurrency`` threads each.
 
     A claim thread that finds nothing due waits `idle_seconds` (or until :meth:`stop`). An unexpected error in
-    one pass is logged and the thread carries on after a pause: the letter's lease expires and it is tried
-    again. :meth:`stop` waits (within its timeout) for the claim threads and then for the calls in flight.
+    one pass is logged and the thread carries on after a pause: the leases of the letters it had not worked
+    expire and they are tried again. :meth:`stop` waits (within its timeout) for the claim threads, which give
+    back the letters of their batch not begun, and then for the calls in flight.
     """
 
     def __init__(
@@ -178,11 +181,12 @@ class RelayWorker:
         calls = self._calls
         while not self._stopping.is_set():
             try:
-                # Many due letters' FaR answers in one call, before this thread asks for its next one.
+                # Many due letters' FaR answers in one call, before this thread claims its next batch.
                 self._relay.prefetch_reachability(every=self._idle)
-                worked = self._relay.deliver_next(calls=calls)
+                # A stop mid-batch gives the letters not begun back, rather than leaving them to their leases.
+                worked = self._relay.deliver_next(calls=calls, stopping=self._stopping.is_set)
             except Exception:
                 log.exception("delivery pass failed; trying again shortly")
-                worked = False
+                worked = 0
             if not worked:
                 self._stopping.wait(self._idle)

@@ -130,6 +130,7 @@ class RelayFactory:
         relayed: tuple[str, ...] = (SENDER_ORG,),
         clock: Callable[[], dt.datetime] | None = None,
         far_cache_ttl: dt.timedelta = dt.timedelta(0),
+        name: str = "formedlare",
     ) -> Relay:
         engine = make_engine(url)
         ensure_schema(engine)
@@ -161,6 +162,7 @@ class RelayFactory:
             http=http,
             clock=clock or self.clock,
             policy=policy or DeliveryPolicy(),
+            name=name,
         )
         self.closers += [http.close, far.close, engine.dispose]
         return relay
