@@ -106,6 +106,7 @@ from formedlare.operators import (
 )
 from formedlare.settings import RelaySettings
 from formedlare.store import (
+    READ_ONLY,
     RESPONSE_EXCERPT,
     AttemptRow,
     DistributionRow,
@@ -518,6 +519,8 @@ class Relay:
         name: str = "formedlare",
     ) -> None:
         self._engine = engine
+        #: For what only reads (status, the digest check at intake, the FaR prefetch): no writers' turn.
+        self._reads = engine.execution_options(**{READ_ONLY: True})
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._seal = seal
         self._trust = trust
@@ -612,7 +615,7 @@ class Relay:
             # The very bytes it already accepted: the same distribution, whatever changed since (a signing
             # certificate that expired meanwhile, a sender no longer relayed). Refusing the resend of a sender
             # that crashed after handing over would make it send the letter another way as well.
-            with self._engine.connect() as conn:
+            with self._reads.connect() as conn:
                 known = conn.execute(
                     _BY_DIGEST, {"b_sha256": hashlib.sha256(signed_delivery).hexdigest()}
                 ).first()
@@ -743,7 +746,7 @@ class Relay:
         """The current state of a distribution; ``detail`` says (in Swedish) whom it was delivered to, why it
         failed, or when the next try is. Raises UnknownDistributionError, RelayUnavailableError."""
         try:
-            with self._engine.connect() as conn:
+            with self._reads.connect() as conn:
                 row = conn.execute(_STATUS, {"b_id": distribution_id}).first()
         except OperationalError as exc:
             raise RelayUnavailableError(f"förmedlarens lager svarar inte: {exc.orig}") from exc
@@ -861,7 +864,7 @@ class Relay:
                 return 0
             self._prefetched_at = started
             now = self._clock()
-            with self._engine.connect() as conn:
+            with self._reads.connect() as conn:
                 rows = conn.execute(_due_recipients_statement(limit), {"b_now": now}).all()
             self._asked = {k: t for k, t in self._asked.items() if started - t < 60}
             by_sender: dict[str, list[str]] = {}

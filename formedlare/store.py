@@ -158,10 +158,15 @@ class RefusalRow(Base):
     size: Mapped[int] = mapped_column(Integer)
 
 
+#: Execution option of a connection that only reads: on SQLite it begins deferred, without the writers' turn.
+READ_ONLY = "formedlare_read_only"
+
+
 def make_engine(url: str) -> Engine:
     """An engine for the relay's store. For SQLite: the file's directory is created, WAL and a busy
     timeout are set, and every transaction starts with ``BEGIN IMMEDIATE`` (one writer, no deferred-lock
-    surprises)."""
+    surprises) after the writers' turn, except on a connection with the :data:`READ_ONLY` option, which
+    begins deferred and waits for nobody."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
@@ -197,8 +202,12 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        # The turn among writers (formedlare.sqlite_writer), then BEGIN IMMEDIATE.
         dbapi_conn: LockingConnection = conn.connection.dbapi_connection
+        if conn.get_execution_options().get(READ_ONLY):
+            # A reader in WAL mode sees the last commit and waits for no writer.
+            conn.exec_driver_sql("BEGIN")
+            return
+        # The turn among writers (formedlare.sqlite_writer), then BEGIN IMMEDIATE.
         dbapi_conn.take_writer_lock()
         try:
             conn.exec_driver_sql("BEGIN IMMEDIATE")

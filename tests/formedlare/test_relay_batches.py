@@ -314,3 +314,30 @@ def test_the_status_answers_as_the_whole_row_does_through_a_letters_life(
 
     with pytest.raises(UnknownDistributionError):
         relay.check_distribution_status(str(uuid.uuid4()))
+
+
+def test_status_reads_do_not_wait_for_a_writer_on_sqlite(
+    make_relay: RelayFactory, sender: SigningIdentity, sqlite_url: str
+) -> None:
+    """A sender's status poll and the digest check at intake only read: on SQLite they begin deferred and
+    are answered while another transaction holds the writers' turn (which they would otherwise wait for,
+    up to 30 s)."""
+    relay = make_relay(sqlite_url)
+    signed = sign(sender, KIVRA_RECIPIENT)
+    distribution_id = relay.distribute_secure(signed)
+    answers: list[object] = []
+
+    def read() -> None:
+        answers.append(relay.check_distribution_status(distribution_id).state)
+        answers.append(relay.distribute_secure(signed))  # the same bytes again: found by their digest
+
+    with _engine(relay).begin() as writer:  # holds the writers' turn and SQLite's write lock
+        writer.exec_driver_sql("UPDATE formedlare_distributions SET updated_at = updated_at")
+        reader = threading.Thread(target=read, daemon=True)
+        started = time.monotonic()
+        reader.start()
+        reader.join(timeout=10)
+        waited = time.monotonic() - started
+        assert not reader.is_alive(), "the read waited for the writer"
+    assert answers == [DistributionState.PENDING, distribution_id]
+    assert waited < 10
