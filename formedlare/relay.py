@@ -10,12 +10,14 @@ for byte as a PENDING distribution; the same sender and message ids again give t
 Delivery (:meth:`Relay.deliver_due`, run in threads by :class:`formedlare.worker.RelayWorker`) claims due
 distributions with a lease, a batch at a time (``DeliveryPolicy.claim_batch``, one ``UPDATE … WHERE id IN
 (SELECT … FOR UPDATE SKIP LOCKED) RETURNING``), asks FaR about the batch with the SENDING authority's
-organisation number (one lookup per sender, answers the FaR client has cached not asked again), and for each
-letter takes one of its operator's delivery slots, seals and POSTs ``deliverSecure`` with no database
-transaction open, then records the outcome only while it still holds the lease: a lost lease writes nothing
-to the letter. Each operator has its own queue: at most ``operator_concurrency`` calls in flight, and after a
-transient failure a backoff during which only ITS letters wait. Every attempt is a row; backoff is computed
-from the stored counts.
+organisation number (one lookup per sender, answers the FaR client has cached not asked again), takes the
+batch's delivery slots at their operators in one transaction, and for each letter seals and POSTs
+``deliverSecure`` with no database transaction open, then records the outcome only while it still holds the
+lease: a lost lease writes nothing to the letter. Outcomes that end while another is being recorded are
+recorded together in the next transaction (group commit); the call returns once its own is committed. Each
+operator has its own queue: at most ``operator_concurrency`` calls in flight, and after a transient failure a
+backoff during which only ITS letters wait. Every attempt is a row; backoff is computed from the stored
+counts.
 
 Claiming and calling are separate steps: given an :class:`OperatorCalls`, :meth:`Relay.deliver_next` hands
 each call (seal, ``deliverSecure``, record) to it once the slot is taken and goes on with the batch, so the
@@ -483,6 +485,20 @@ class _Claim:
     signed_delivery: bytes
 
 
+@dataclass(slots=True)
+class _Outcome:
+    """A call's outcome waiting to be recorded (Relay._record)."""
+
+    claim: _Claim
+    target: Route
+    attempt_id: int
+    result: CallResult
+    now: datetime
+    done: bool = False
+    held: bool = False
+    error: BaseException | None = None
+
+
 class _Refused(Exception):
     def __init__(self, code: str, reason: str, parsed: ParsedDelivery | None = None) -> None:
         super().__init__(code)
@@ -530,6 +546,10 @@ class Relay:
         self._clock = clock
         self.policy = policy or DeliveryPolicy()
         self._prefetch_lock = threading.Lock()
+        #: Group commit of call outcomes (_record): one recorder at a time takes all that are waiting.
+        self._recording = threading.Lock()
+        self._outcomes_guard = threading.Lock()
+        self._outcomes: list[_Outcome] = []
         self._prefetched_at = float("-inf")
         self._asked: dict[tuple[str, str], float] = {}
         self._name = name
@@ -928,17 +948,38 @@ class Relay:
         if not claims:
             return 0
         answers = self._reachability([c for c in claims if not self._exhausted(c, clock())])
+        routed: list[tuple[_Claim, Route]] = []
+        rest: Sequence[_Claim] = ()
         for index, claim in enumerate(claims):
             if stopping is not None and stopping():
-                self._release(claims[index:])
-                return index
+                rest = claims[index:]
+                break
             try:
-                self._work(claim, answers, clock, calls)
+                target = self._route(claim, answers, clock)
             except DBAPIError:
                 raise
             except Exception:
                 log.exception("distribution %s: delivery failed; tried again once its lease ends", claim.id)
-        return len(claims)
+                continue
+            if target is not None:
+                routed.append((claim, target))
+        if rest:
+            self._release(rest)
+        if calls is None:
+            # One after the other, each call ended before the next slot is taken: a batch larger than its
+            # operator's slots is delivered in full.
+            for one in routed:
+                for claim, target, attempt_id in self._take_slots([one], clock):
+                    self._call(claim, target, attempt_id, clock)
+            return len(claims) - len(rest)
+        for claim, target, attempt_id in self._take_slots(routed, clock):
+            # The slot is ours, so the operator's calls never outnumber its slots (in any process): they can
+            # run side by side while this thread claims letters for other operators.
+            calls.submit(
+                target.operator_id,
+                functools.partial(self._handed_over_call, claim, target, attempt_id, clock),
+            )
+        return len(claims) - len(rest)
 
     def _claim(self, now: datetime, limit: int) -> list[_Claim]:
         token = str(uuid.uuid4())
@@ -997,37 +1038,25 @@ class Relay:
             return found
         return {recipient_id: answers.get(recipient_id) for recipient_id in recipient_ids}
 
-    def _work(
-        self,
-        claim: _Claim,
-        answers: Mapping[tuple[str, str], _FarAnswer],
-        clock: Callable[[], datetime],
-        calls: OperatorCalls | None,
-    ) -> None:
+    def _route(
+        self, claim: _Claim, answers: Mapping[tuple[str, str], _FarAnswer], clock: Callable[[], datetime]
+    ) -> Route | None:
+        """The operator to call for this letter; None when it came to rest without a call (given up, FaR
+        could not be asked, no mailbox), which is then recorded."""
         now = clock()
         if self._exhausted(claim, now) and not self._outcome_unknown(claim.id):
             self._give_up(claim, now)
-            return
+            return None
         key = (claim.sender_id.removeprefix("16"), claim.recipient_id)
         answer = answers[key] if key in answers else self._ask_far(key[0], [key[1]])[key[1]]
         if isinstance(answer, FarError):
             self._far_unavailable(claim, clock(), answer)
-            return
+            return None
         target = route(answer)
         if isinstance(target, str):
             self._unreachable(claim, clock(), target)
-            return
-        attempt_id = self._take_slot(claim, target, clock)
-        if attempt_id is None:
-            return
-        if calls is None:
-            self._call(claim, target, attempt_id, clock)
-            return
-        # The slot is ours, so the operator's calls never outnumber its slots (in any process): they can run
-        # side by side while this thread claims letters for other operators.
-        calls.submit(
-            target.operator_id, functools.partial(self._handed_over_call, claim, target, attempt_id, clock)
-        )
+            return None
+        return target
 
     def _handed_over_call(
         self, claim: _Claim, target: Route, attempt_id: int, clock: Callable[[], datetime]
@@ -1056,126 +1085,193 @@ class Relay:
             result = call_deliver_secure(self._http, target.service_address, envelope)
         self._record(claim, target, attempt_id, result, clock())
 
-    def _take_slot(self, claim: _Claim, target: Route, clock: Callable[[], datetime]) -> int | None:
-        """Route the letter to its operator and start an attempt if the operator has a free slot and is not
-        in backoff. None: lease lost, or the letter was put back in the operator's queue."""
+    def _take_slots(
+        self, routed: Sequence[tuple[_Claim, Route]], clock: Callable[[], datetime]
+    ) -> list[tuple[_Claim, Route, int]]:
+        """Route the letters to their operators and start an attempt for each whose operator has a free slot
+        and is not in backoff, in one transaction. Returns the letters whose slot was taken, with their
+        attempts; the others lost their lease or were put back in their operator's queue."""
+        if not routed:
+            return []
+        taken: list[tuple[_Claim, Route, int]] = []
         with self._engine.begin() as conn:
-            conn.execute(
-                _upsert_operator_statement(conn.dialect.name),
-                {
-                    "id": target.operator_id,
-                    "name": target.operator_name,
-                    "service_address": target.service_address,
-                    "consecutive_failures": 0,
-                    "updated_at": clock(),
-                },
-            )
-            operator = conn.execute(_OPERATOR_FOR_UPDATE, {"b_id": target.operator_id}).one()
-            # The row lock serialises slot-taking per operator on PostgreSQL (SQLite has one writer anyway).
-            # Read the time only now that we hold it, so an attempt never seems to start before the one
-            # whose slot it took had finished.
-            now = clock()
-            if operator.name != target.operator_name or operator.service_address != target.service_address:
+            operators = {target.operator_id: target for _, target in routed}
+            locked: dict[str, Row[*tuple[Any, ...]]] = {}
+            # In the order of their ids, as the recording of outcomes does: two transactions that lock the
+            # same operators never wait for each other in a circle (PostgreSQL).
+            for operator_id in sorted(operators):
+                target = operators[operator_id]
                 conn.execute(
-                    _RENAME_OPERATOR,
+                    _upsert_operator_statement(conn.dialect.name),
                     {
-                        "b_id": target.operator_id,
-                        "b_name": target.operator_name,
-                        "b_address": target.service_address,
-                        "b_now": now,
+                        "id": target.operator_id,
+                        "name": target.operator_name,
+                        "service_address": target.service_address,
+                        "consecutive_failures": 0,
+                        "updated_at": clock(),
                     },
                 )
-            in_flight = conn.execute(
-                _IN_FLIGHT, {"b_operator": target.operator_id, "b_now": now}
-            ).scalar_one()
-            wait_until: datetime | None = None
-            if operator.next_attempt_at is not None and operator.next_attempt_at > now:
-                wait_until = operator.next_attempt_at
-            elif in_flight >= self.policy.operator_concurrency:
-                wait_until = now + self.policy.busy_retry
-            routed = {
-                "b_id": claim.id,
-                "b_token": claim.token,
-                "b_operator_id": target.operator_id,
-                "b_operator_name": target.operator_name,
-                "b_now": now,
-            }
-            if wait_until is not None:
-                conn.execute(_PUT_BACK, routed | {"b_wait": wait_until})
-                return None
-            until = now + self.policy.call_lease
-            if conn.execute(_START_CALL, routed | {"b_until": until}).rowcount != 1:
-                return None
-            attempt_id: int = conn.execute(
-                _INSERT_CALL_ATTEMPT,
-                {
-                    "distribution_id": claim.id,
-                    "operator_id": target.operator_id,
-                    "lease_token": claim.token,
-                    "started_at": now,
-                    "expires_at": until,
-                    "outcome_unknown": False,
-                },
-            ).scalar_one()
-            return attempt_id
+                # The row lock serialises slot-taking per operator on PostgreSQL (SQLite has one writer).
+                locked[operator_id] = conn.execute(_OPERATOR_FOR_UPDATE, {"b_id": operator_id}).one()
+            # Read the time only now that we hold the locks, so an attempt never seems to start before the
+            # one whose slot it took had finished.
+            now = clock()
+            for operator_id, operator in locked.items():
+                target = operators[operator_id]
+                if (
+                    operator.name != target.operator_name
+                    or operator.service_address != target.service_address
+                ):
+                    conn.execute(
+                        _RENAME_OPERATOR,
+                        {
+                            "b_id": target.operator_id,
+                            "b_name": target.operator_name,
+                            "b_address": target.service_address,
+                            "b_now": now,
+                        },
+                    )
+            for claim, target in routed:
+                attempt_id = self._take_slot(conn, claim, target, locked[target.operator_id], now)
+                if attempt_id is not None:
+                    taken.append((claim, target, attempt_id))
+        return taken
+
+    def _take_slot(
+        self, conn: Connection, claim: _Claim, target: Route, operator: Row[*tuple[Any, ...]], now: datetime
+    ) -> int | None:
+        """Within `_take_slots`' transaction (the operator's row locked): start an attempt if the operator
+        has a free slot and is not in backoff. None: lease lost, or the letter was put back in the queue."""
+        in_flight = conn.execute(_IN_FLIGHT, {"b_operator": target.operator_id, "b_now": now}).scalar_one()
+        wait_until: datetime | None = None
+        if operator.next_attempt_at is not None and operator.next_attempt_at > now:
+            wait_until = operator.next_attempt_at
+        elif in_flight >= self.policy.operator_concurrency:
+            wait_until = now + self.policy.busy_retry
+        routed = {
+            "b_id": claim.id,
+            "b_token": claim.token,
+            "b_operator_id": target.operator_id,
+            "b_operator_name": target.operator_name,
+            "b_now": now,
+        }
+        if wait_until is not None:
+            conn.execute(_PUT_BACK, routed | {"b_wait": wait_until})
+            return None
+        until = now + self.policy.call_lease
+        if conn.execute(_START_CALL, routed | {"b_until": until}).rowcount != 1:
+            return None
+        attempt_id: int = conn.execute(
+            _INSERT_CALL_ATTEMPT,
+            {
+                "distribution_id": claim.id,
+                "operator_id": target.operator_id,
+                "lease_token": claim.token,
+                "started_at": now,
+                "expires_at": until,
+                "outcome_unknown": False,
+            },
+        ).scalar_one()
+        return attempt_id
 
     def _record(
         self, claim: _Claim, target: Route, attempt_id: int, result: CallResult, now: datetime
     ) -> None:
-        name = target.operator_name
-        with self._engine.begin() as conn:
-            conn.execute(
-                _FINISH_ATTEMPT,
-                {
-                    "b_id": attempt_id,
-                    "b_at": now,
-                    "b_outcome": result.outcome.value,
-                    "b_status": result.http_status,
-                    "b_unknown": result.outcome_unknown,
-                    "b_response": result.excerpt[:RESPONSE_EXCERPT],
-                },
-            )
-            if result.outcome is Outcome.TRANSIENT:
-                failures = conn.execute(_OPERATOR_FAILURES, {"b_id": target.operator_id}).scalar_one() + 1
-                conn.execute(
-                    _OPERATOR_FAILED,
-                    {
-                        "b_id": target.operator_id,
-                        "b_failures": failures,
-                        "b_next": now + self.policy.backoff(failures),
-                        "b_now": now,
-                    },
-                )
-            else:
-                # Any clear answer shows the operator is up: its queue may flow again.
-                conn.execute(_OPERATOR_ANSWERED, {"b_id": target.operator_id, "b_now": now})
-            attempts = claim.attempts + 1
-            if result.outcome is Outcome.DELIVERED:
-                values = _final(DistributionState.DELIVERED, f"Levererad till {name}", now)
-                values["trans_id"] = result.trans_id
-            elif result.outcome is Outcome.DUPLICATE and self._earlier_unknown(
-                conn, claim.id, target, attempt_id
-            ):
-                values = _final(
-                    DistributionState.DELIVERED,
-                    f"Levererad till {name} (operatören hade den redan från ett tidigare försök)",
-                    now,
-                )
-            elif result.outcome in (Outcome.DUPLICATE, Outcome.FAULT, Outcome.NOT_DELIVERED):
-                values = _final(
-                    DistributionState.FAILED,
-                    f"Brevlådeoperatören {name} tog inte emot försändelsen: {result.description}",
-                    now,
-                )
-            else:
-                values = self._retry_values(claim, attempts, now, f"{name}: {result.description}", conn)
-            held = self._finish(conn, claim, values)
-        if held:
+        """Record a call's outcome while the lease holds, and return once it is committed.
+
+        Outcomes that arrive while another thread is recording are written by the next recorder in one
+        transaction (group commit): the operator calls of a busy relay end many at a time, and on SQLite each
+        transaction waits its turn among all the writers. A failed transaction fails every outcome in it;
+        each letter then waits for its lease, as after a crash."""
+        mine = _Outcome(claim, target, attempt_id, result, now)
+        with self._outcomes_guard:
+            self._outcomes.append(mine)
+        with self._recording:
+            if not mine.done:
+                with self._outcomes_guard:
+                    group, self._outcomes = self._outcomes, []
+                try:
+                    # Operators in the order of their ids, as slots are taken (no circular waits).
+                    with self._engine.begin() as conn:
+                        for item in sorted(group, key=lambda o: o.target.operator_id):
+                            item.held = self._record_in(conn, item)
+                except BaseException as exc:
+                    for item in group:
+                        item.error = exc
+                    raise
+                finally:
+                    for item in group:
+                        item.done = True
+        if mine.error is not None:
+            raise RelayUnavailableError(f"utfallet kunde inte sparas: {mine.error}") from mine.error
+        attempts = claim.attempts + 1
+        if mine.held:
             log.info(
-                "distribution %s: attempt %d to %s -> %s", claim.id, attempts, name, result.outcome.value
+                "distribution %s: attempt %d to %s -> %s",
+                claim.id,
+                attempts,
+                target.operator_name,
+                result.outcome.value,
             )
         else:
             log.warning("distribution %s: lease lost before recording %s", claim.id, result.outcome.value)
+
+    def _record_in(self, conn: Connection, outcome: _Outcome) -> bool:
+        """One outcome's writes in the recording transaction; False (nothing written) if the lease is lost."""
+        claim, target, attempt_id, result, now = (
+            outcome.claim,
+            outcome.target,
+            outcome.attempt_id,
+            outcome.result,
+            outcome.now,
+        )
+        name = target.operator_name
+        conn.execute(
+            _FINISH_ATTEMPT,
+            {
+                "b_id": attempt_id,
+                "b_at": now,
+                "b_outcome": result.outcome.value,
+                "b_status": result.http_status,
+                "b_unknown": result.outcome_unknown,
+                "b_response": result.excerpt[:RESPONSE_EXCERPT],
+            },
+        )
+        if result.outcome is Outcome.TRANSIENT:
+            failures = conn.execute(_OPERATOR_FAILURES, {"b_id": target.operator_id}).scalar_one() + 1
+            conn.execute(
+                _OPERATOR_FAILED,
+                {
+                    "b_id": target.operator_id,
+                    "b_failures": failures,
+                    "b_next": now + self.policy.backoff(failures),
+                    "b_now": now,
+                },
+            )
+        else:
+            # Any clear answer shows the operator is up: its queue may flow again.
+            conn.execute(_OPERATOR_ANSWERED, {"b_id": target.operator_id, "b_now": now})
+        attempts = claim.attempts + 1
+        if result.outcome is Outcome.DELIVERED:
+            values = _final(DistributionState.DELIVERED, f"Levererad till {name}", now)
+            values["trans_id"] = result.trans_id
+        elif result.outcome is Outcome.DUPLICATE and self._earlier_unknown(
+            conn, claim.id, target, attempt_id
+        ):
+            values = _final(
+                DistributionState.DELIVERED,
+                f"Levererad till {name} (operatören hade den redan från ett tidigare försök)",
+                now,
+            )
+        elif result.outcome in (Outcome.DUPLICATE, Outcome.FAULT, Outcome.NOT_DELIVERED):
+            values = _final(
+                DistributionState.FAILED,
+                f"Brevlådeoperatören {name} tog inte emot försändelsen: {result.description}",
+                now,
+            )
+        else:
+            values = self._retry_values(claim, attempts, now, f"{name}: {result.description}", conn)
+        return self._finish(conn, claim, values)
 
     @staticmethod
     def _earlier_unknown(conn: Connection, distribution_id: str, target: Route, attempt_id: int) -> bool:

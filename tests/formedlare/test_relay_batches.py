@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from formedlare.api import DistributionState, UnknownDistributionError
 from formedlare.mm import SigningIdentity
-from formedlare.operators import Outcome
+from formedlare.operators import CallResult, Outcome
 from formedlare.relay import DeliveryPolicy, Relay, _claim_statement
 from formedlare.store import DistributionRow
 from formedlare.worker import RelayWorker
@@ -341,3 +341,132 @@ def test_status_reads_do_not_wait_for_a_writer_on_sqlite(
         assert not reader.is_alive(), "the read waited for the writer"
     assert answers == [DistributionState.PENDING, distribution_id]
     assert waited < 10
+
+
+class _HeldCalls:
+    """An OperatorCalls that keeps the calls it is given, to run them when the test says."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Callable[[], None]]] = []
+
+    def submit(self, operator_id: str, call: Callable[[], None]) -> None:
+        self.calls.append((operator_id, call))
+
+
+@contextmanager
+def _transactions_counted(engine: Engine) -> Iterator[list[int]]:
+    """How many transactions begin on `engine` (the relay's, its read-only reads included) in the block."""
+    begun = [0]
+
+    def on_begin(conn: Any) -> None:
+        begun[0] += 1
+
+    event.listen(engine, "begin", on_begin)
+    try:
+        yield begun
+    finally:
+        event.remove(engine, "begin", on_begin)
+
+
+def test_the_slots_of_a_batch_are_taken_in_one_transaction(
+    make_relay: RelayFactory, db_url: str, sims: SandboxWorld, sender: SigningIdentity
+) -> None:
+    relay = make_relay(db_url)
+    ids = [
+        relay.distribute_secure(sign(sender, r)) for r in (KIVRA_RECIPIENT, MMP_RECIPIENT, KIVRA_RECIPIENT)
+    ]
+    calls = _HeldCalls()
+
+    with _transactions_counted(_engine(relay)) as begun:
+        assert relay.deliver_next(calls=calls) == 3
+    assert begun == [2]  # the claim, then every slot of the batch (not one transaction per letter)
+    operators = [operator_id for operator_id, _ in calls.calls]
+    assert len(operators) == 3
+    assert operators.count(KIVRA_ID) == 2
+    for distribution_id in ids:
+        [attempt] = relay.distribution_detail(distribution_id).attempts
+        assert attempt.finished_at is None  # in flight: the slot is taken, the call not yet made
+    for _, call in calls.calls:
+        call()
+    assert {relay.check_distribution_status(i).state for i in ids} == {DistributionState.DELIVERED}
+    assert sims.operators["kivra"].requests == 2
+    assert sims.operators["mmp"].requests == 1
+
+
+def _in_flight(relay: Relay, count: int) -> list[tuple[Any, Any, int]]:
+    """`count` letters claimed and their slots taken, ready for their outcomes to be recorded."""
+    claims = relay._claim(relay._clock(), count)
+    answers = relay._reachability(claims)
+    routed = [(c, relay._route(c, answers, relay._clock)) for c in claims]
+    return relay._take_slots([(c, t) for c, t in routed if t is not None], relay._clock)
+
+
+def test_outcomes_that_end_while_another_is_recorded_are_recorded_together(
+    make_relay: RelayFactory, sqlite_url: str, sender: SigningIdentity
+) -> None:
+    relay = make_relay(sqlite_url)
+    ids = [relay.distribute_secure(sign(sender, KIVRA_RECIPIENT)) for _ in range(4)]
+    slots = _in_flight(relay, 4)
+    delivered = CallResult(Outcome.DELIVERED, 200, "levererad", False, "ok", trans_id="t")
+    returned: list[str] = []
+
+    def record(slot: tuple[Any, Any, int]) -> None:
+        claim, target, attempt_id = slot
+        relay._record(claim, target, attempt_id, delivered, relay._clock())
+        returned.append(claim.id)
+
+    with _transactions_counted(_engine(relay)) as begun:
+        with relay._recording:  # another outcome is being recorded: these four wait for the next turn
+            threads = [threading.Thread(target=record, args=(slot,)) for slot in slots]
+            for thread in threads:
+                thread.start()
+            _wait(lambda: len(relay._outcomes) == 4, 10)
+            assert returned == []  # none returns before its outcome is committed
+        for thread in threads:
+            thread.join(10)
+    assert begun == [1]
+    assert sorted(returned) == sorted(ids)
+    for distribution_id in ids:
+        status = relay.check_distribution_status(distribution_id)
+        assert (status.state, status.attempts) == (DistributionState.DELIVERED, 1)
+        [attempt] = relay.distribution_detail(distribution_id).attempts
+        assert attempt.outcome == Outcome.DELIVERED.value
+
+
+def test_a_failed_group_of_outcomes_fails_every_call_in_it_and_records_none(
+    make_relay: RelayFactory, sqlite_url: str, sender: SigningIdentity
+) -> None:
+    relay = make_relay(sqlite_url)
+    ids = [relay.distribute_secure(sign(sender, KIVRA_RECIPIENT)) for _ in range(3)]
+    slots = _in_flight(relay, 3)
+    delivered = CallResult(Outcome.DELIVERED, 200, "levererad", False, "ok", trans_id="t")
+    failures: list[BaseException] = []
+
+    def record(slot: tuple[Any, Any, int]) -> None:
+        claim, target, attempt_id = slot
+        try:
+            relay._record(claim, target, attempt_id, delivered, relay._clock())
+        except Exception as exc:
+            failures.append(exc)
+
+    def refuse(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE FORMEDLARE_DISTRIBUTIONS SET STATE"):
+            raise RuntimeError("the store failed")
+
+    event.listen(_engine(relay), "before_cursor_execute", refuse)
+    try:
+        with relay._recording:
+            threads = [threading.Thread(target=record, args=(slot,)) for slot in slots]
+            for thread in threads:
+                thread.start()
+            _wait(lambda: len(relay._outcomes) == 3, 10)
+        for thread in threads:
+            thread.join(10)
+    finally:
+        event.remove(_engine(relay), "before_cursor_execute", refuse)
+    assert len(failures) == 3
+    for distribution_id in ids:
+        status = relay.check_distribution_status(distribution_id)
+        assert status.state is DistributionState.PENDING
+        [attempt] = relay.distribution_detail(distribution_id).attempts
+        assert attempt.finished_at is None  # nothing of the group was written: each waits for its lease
