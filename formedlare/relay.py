@@ -548,6 +548,7 @@ class Relay:
         self._prefetch_lock = threading.Lock()
         #: Group commit of call outcomes (_record): one recorder at a time takes all that are waiting.
         self._recording = threading.Lock()
+        self._group_commit = engine.dialect.name == "sqlite"
         self._outcomes_guard = threading.Lock()
         self._outcomes: list[_Outcome] = []
         self._prefetched_at = float("-inf")
@@ -1179,31 +1180,26 @@ class Relay:
     ) -> None:
         """Record a call's outcome while the lease holds, and return once it is committed.
 
-        Outcomes that arrive while another thread is recording are written by the next recorder in one
-        transaction (group commit): the operator calls of a busy relay end many at a time, and on SQLite each
-        transaction waits its turn among all the writers. A failed transaction fails every outcome in it;
-        each letter then waits for its lease, as after a crash."""
+        On SQLite, outcomes that arrive while another thread is recording are written by the next recorder
+        in one transaction (group commit): the operator calls of a busy relay end many at a time, and each
+        transaction waits its turn among all the writers. Each outcome has a savepoint of its own, so one that
+        cannot be written fails alone; a transaction that fails fails every outcome in it, and each letter
+        then waits for its lease, as after a crash. PostgreSQL has no single writer: each outcome is recorded
+        in a transaction of its own, so a slow one (a row lock, a stalled connection) holds up only itself."""
         mine = _Outcome(claim, target, attempt_id, result, now)
-        with self._outcomes_guard:
-            self._outcomes.append(mine)
-        with self._recording:
-            if not mine.done:
-                with self._outcomes_guard:
-                    group, self._outcomes = self._outcomes, []
-                try:
-                    # Operators in the order of their ids, as slots are taken (no circular waits).
-                    with self._engine.begin() as conn:
-                        for item in sorted(group, key=lambda o: o.target.operator_id):
-                            item.held = self._record_in(conn, item)
-                except BaseException as exc:
-                    for item in group:
-                        item.error = exc
-                    raise
-                finally:
-                    for item in group:
-                        item.done = True
-        if mine.error is not None:
-            raise RelayUnavailableError(f"utfallet kunde inte sparas: {mine.error}") from mine.error
+        if not self._group_commit:
+            with self._engine.begin() as conn:
+                mine.held = self._record_in(conn, mine)
+        else:
+            with self._outcomes_guard:
+                self._outcomes.append(mine)
+            with self._recording:
+                if not mine.done:
+                    with self._outcomes_guard:
+                        group, self._outcomes = self._outcomes, []
+                    self._record_group(group)
+            if mine.error is not None:
+                raise RelayUnavailableError(f"utfallet kunde inte sparas: {mine.error}") from mine.error
         attempts = claim.attempts + 1
         if mine.held:
             log.info(
@@ -1216,8 +1212,32 @@ class Relay:
         else:
             log.warning("distribution %s: lease lost before recording %s", claim.id, result.outcome.value)
 
+    def _record_group(self, group: Sequence[_Outcome]) -> None:
+        """Record `group` in one transaction, each outcome in a savepoint; every one is `done` after."""
+        try:
+            # Operators in the order of their ids, as slots are taken (no circular waits).
+            with self._engine.begin() as conn:
+                for item in sorted(group, key=lambda o: o.target.operator_id):
+                    try:
+                        with conn.begin_nested():
+                            item.held = self._record_in(conn, item)
+                    except DBAPIError as exc:
+                        if exc.connection_invalidated:
+                            raise
+                        item.error = exc
+                    except Exception as exc:
+                        item.error = exc
+        except BaseException as exc:
+            for item in group:
+                item.error = item.error or exc
+            raise
+        finally:
+            for item in group:
+                item.done = True
+
     def _record_in(self, conn: Connection, outcome: _Outcome) -> bool:
-        """One outcome's writes in the recording transaction; False (nothing written) if the lease is lost."""
+        """One outcome's writes in the recording transaction: the attempt's end and the operator's state
+        always, the letter's outcome only while its lease holds (False: the lease was lost)."""
         claim, target, attempt_id, result, now = (
             outcome.claim,
             outcome.target,
@@ -1254,7 +1274,7 @@ class Relay:
         attempts = claim.attempts + 1
         if result.outcome is Outcome.DELIVERED:
             values = _final(DistributionState.DELIVERED, f"Levererad till {name}", now)
-            values["trans_id"] = result.trans_id
+            values["trans_id"] = result.trans_id[:256] if result.trans_id is not None else None
         elif result.outcome is Outcome.DUPLICATE and self._earlier_unknown(
             conn, claim.id, target, attempt_id
         ):
@@ -1290,7 +1310,7 @@ class Relay:
         """
         if conn is not None:
             return conn.execute(_OUTCOME_UNKNOWN, {"b_id": distribution_id}).first() is not None
-        with self._engine.connect() as own:
+        with self._reads.connect() as own:
             return own.execute(_OUTCOME_UNKNOWN, {"b_id": distribution_id}).first() is not None
 
     def _pending_unknown(self, now: datetime, why: str) -> dict[str, object]:
