@@ -237,9 +237,11 @@ _OPERATOR_FAILED = (
         updated_at=_param(_OPERATORS, "updated_at", "b_now"),
     )
 )
+# Only when it was failing: an UPDATE of the operator's row after every answer made each outcome wait for the
+# last one's commit on that row (PostgreSQL), and slot-taking wait for both.
 _OPERATOR_ANSWERED = (
     update(_OPERATORS)
-    .where(_O.id == bindparam("b_id"))
+    .where(_O.id == bindparam("b_id"), or_(_O.consecutive_failures != 0, _O.next_attempt_at.is_not(None)))
     .values(
         consecutive_failures=0, next_attempt_at=None, updated_at=_param(_OPERATORS, "updated_at", "b_now")
     )

@@ -484,3 +484,26 @@ def test_an_outcome_that_cannot_be_written_fails_alone_and_the_rest_of_its_group
         else:
             assert status.state is DistributionState.DELIVERED
             assert attempt.outcome == Outcome.DELIVERED.value
+
+
+def test_an_answer_from_an_operator_that_was_not_failing_does_not_wait_for_its_row(
+    make_relay: RelayFactory, pg_url: str, sender: SigningIdentity
+) -> None:
+    """Each outcome used to write the operator's row (failures back to 0), so on PostgreSQL every outcome
+    waited for the last one's commit on it. Now only an operator that was failing has its row written."""
+    relay = make_relay(pg_url)
+    distribution_id = relay.distribute_secure(sign(sender, KIVRA_RECIPIENT))
+    [(claim, target, attempt_id)] = _in_flight(relay, 1)
+    delivered = CallResult(Outcome.DELIVERED, 200, "levererad", False, "ok", trans_id="t")
+    recorder = threading.Thread(
+        target=relay._record, args=(claim, target, attempt_id, delivered, relay._clock()), daemon=True
+    )
+    with _engine(relay).connect() as other, other.begin():
+        other.exec_driver_sql(
+            "SELECT id FROM formedlare_operators WHERE id = %(id)s FOR UPDATE", {"id": KIVRA_ID}
+        ).all()
+        recorder.start()
+        recorder.join(10)
+        assert not recorder.is_alive(), "the outcome waited for the operator's row"
+    status = relay.check_distribution_status(distribution_id)
+    assert (status.state, status.attempts) == (DistributionState.DELIVERED, 1)
