@@ -376,3 +376,36 @@ def test_letters_waiting_at_once_are_looked_up_in_far_together_not_one_call_each
         assert unknown_one.channel == "print"
     finally:
         c.close()
+
+
+def test_the_letters_of_a_worker_batch_are_looked_up_in_far_together(
+    db_url: str, tmp_path: Path, dev_certs: Path
+) -> None:
+    """Letters that arrive one by one (a volume intake while the worker runs) miss the prefetch; the worker
+    still asks FaR once per sender for the letters of the batch it claimed, not once per letter."""
+    from tests.domain.factories import luhn_digit
+
+    c = build(mm_settings(db_url, tmp_path, dev_certs))
+    c.migrate()
+    try:
+        assert c.digital_mail is not None
+        assert c.digital_mail.world is not None
+        far = c.digital_mail.world.far
+        client = c.clients.add("ärendesystem", ["sandbox"]).client
+        unknown = [f"19{nine}{luhn_digit(nine)}" for nine in (f"8003{d:02d}238" for d in range(1, 5))]
+        recipients = [KIVRA_RECIPIENT, MMP_RECIPIENT, *unknown]
+        ids = [submit(c, client, rid, f"b{i}") for i, rid in enumerate(recipients)]
+        far.reset_stats()
+        w = Worker(replace(c, prefetch=None))  # as if the letters came after the last prefetch
+        assert w.run_once()
+        reachable = [
+            n
+            for op, n in zip(far.stats.operations, far.stats.ids_per_call, strict=True)
+            if op == "isReachable"
+        ]
+        assert reachable == [6]  # the batch's six recipients in one call
+        for sid in ids:
+            shp = wait_state(c, sid, {"HANDED_OVER", "DELIVERED", "FAILED", "SENDING", "DECIDED"})
+            assert shp.decision is not None
+    finally:
+        c.close()

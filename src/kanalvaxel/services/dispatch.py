@@ -146,11 +146,13 @@ class Dispatcher:
                 [i for i, s in shipments.items() if s.state != ShipmentState.HANDED_OVER.value]
             )
         # Whatever needs the network before a decision (FaR, certificate lookups) happens here, outside any
-        # transaction.
+        # transaction; FaR is asked once per sender for every letter of the batch that awaits a decision.
+        mailboxes = self._mailboxes(shipments, contents)
         prepares: list[tuple[Claim, _Prepare]] = []
         for c in claims:
             try:
-                prepares.append((c, self._plan(c, shipments.get(c.shipment_id), contents.get(c.shipment_id))))
+                shp, content = shipments.get(c.shipment_id), contents.get(c.shipment_id)
+                prepares.append((c, self._plan(c, shp, content, mailboxes)))
             except Exception:  # a bug in deciding one letter: it comes back when its lease runs out
                 log.exception("work item %s could not be planned; it will be tried again", c.work_item_id)
         acts: list[tuple[Claim, _Act]] = []
@@ -244,11 +246,33 @@ class Dispatcher:
             log.warning("failpoint %s: pausing %.1f s", name, pause)
             time.sleep(pause)
 
+    def _mailboxes(
+        self,
+        shipments: Mapping[str, ShipmentRecord],
+        contents: Mapping[str, tuple[Mapping[str, object], Sequence[Attachment]]],
+    ) -> Mapping[tuple[str, str], MailboxLookup]:
+        """FaR's answers for the letters of a batch that await a decision, asked together (when more than one
+        does: one letter is asked about by its own decision). A letter that cannot be read is left out."""
+        awaiting: list[tuple[Letter, SenderInfo]] = []
+        for shipment_id, shp in shipments.items():
+            content, sender = contents.get(shipment_id), self._senders.get(shp.sender_key)
+            if content is None or sender is None or ShipmentState(shp.state).terminal:
+                continue
+            if shp.state != ShipmentState.HANDED_OVER.value and (
+                shp.decision is None or shp.decision.get("retry_at")
+            ):
+                try:
+                    awaiting.append((letter_from_json(content[0], content[1]), sender))
+                except Exception:  # _plan meets it again and says so
+                    log.debug("shipment %s cannot be read; it is decided alone", shipment_id)
+        return self._facts.mailboxes(awaiting) if len(awaiting) > 1 else {}
+
     def _plan(
         self,
         claim: Claim,
         shp: ShipmentRecord | None,
         content: tuple[Mapping[str, object], Sequence[Attachment]] | None,
+        mailboxes: Mapping[tuple[str, str], MailboxLookup] | None = None,
     ) -> _Prepare:
         """What this item needs: the writes before its send (run in the batch's first transaction), which
         return the send itself, or None when the item comes to rest without one."""
@@ -281,7 +305,7 @@ class Dispatcher:
         if notify:
             return lambda uow: self._renewed(uow, claim, lambda: self._notify(claim, shp, letter, sender))
         if shp.decision is None or shp.decision.get("retry_at"):
-            facts = self._facts.gather(letter, sender, shp.accepted_at)
+            facts = self._facts.gather(letter, sender, shp.accepted_at, mailboxes=mailboxes)
             decision = decide(letter, facts, self._policy, self._clock.now())
 
             def decide_and_start(uow: UnitOfWork) -> _Act | None:

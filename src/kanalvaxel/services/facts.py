@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from kanalvaxel.domain.errors import ValidationError
+from kanalvaxel.domain.identity import RecipientId
 from kanalvaxel.domain.model import Channel, Letter, Notice
 from kanalvaxel.domain.rules import ChannelLimits, MailboxLookup, RecipientFacts
 from kanalvaxel.ports import CertificateInspector, CertificateLookup, RecipientRegister, SenderInfo
@@ -30,14 +31,42 @@ class FactsGatherer:
         #: Channels one sender identity cannot use (e.g. no S/MIME key to sign with), by sender key.
         self._sender_unavailable = {k: dict(v) for k, v in (sender_unavailable or {}).items()}
 
+    def _asks_far(self, sender: SenderInfo) -> bool:
+        unavailable = {**self._unavailable, **self._sender_unavailable.get(sender.key, {})}
+        return self._register is not None and Channel.MINA_MEDDELANDEN not in unavailable
+
+    def mailboxes(self, letters: Sequence[tuple[Letter, SenderInfo]]) -> dict[tuple[str, str], MailboxLookup]:
+        """FaR's answers for many letters at once, one lookup per sender (FaR takes 1,000 recipients a call;
+        the client splits larger ones), keyed (sender key, recipient id), for :meth:`gather`. Network I/O."""
+        by_sender: dict[str, tuple[SenderInfo, dict[str, RecipientId]]] = {}
+        for letter, sender in letters:
+            if self._asks_far(sender):
+                by_sender.setdefault(sender.key, (sender, {}))[1][letter.recipient.value] = letter.recipient
+        found: dict[tuple[str, str], MailboxLookup] = {}
+        for key, (sender, recipients) in by_sender.items():
+            assert self._register is not None
+            answers = self._register.lookup(sender.organisation_number, list(recipients.values()))
+            for recipient_id in recipients:
+                found[(key, recipient_id)] = answers.get(recipient_id) or MailboxLookup.not_configured()
+        return found
+
     def gather(
-        self, letter: Letter, sender: SenderInfo, accepted_at: datetime, *, bypass_cache: bool = False
+        self,
+        letter: Letter,
+        sender: SenderInfo,
+        accepted_at: datetime,
+        *,
+        bypass_cache: bool = False,
+        mailboxes: Mapping[tuple[str, str], MailboxLookup] | None = None,
     ) -> RecipientFacts:
-        """Ask FaR (if configured) and read the recipient's certificate (given, or from the configured
-        directory by e-mail address). Network I/O."""
+        """Ask FaR (if configured; unless `mailboxes`, from :meth:`mailboxes`, has the answer) and read the
+        recipient's certificate (given, or from the configured directory by e-mail address). Network I/O."""
         unavailable = {**self._unavailable, **self._sender_unavailable.get(sender.key, {})}
         lookup = MailboxLookup.not_configured()
-        if self._register is not None and Channel.MINA_MEDDELANDEN not in unavailable:
+        known = (mailboxes or {}).get((sender.key, letter.recipient.value))
+        if known is not None and not bypass_cache and self._asks_far(sender):
+            lookup = known
+        elif self._register is not None and Channel.MINA_MEDDELANDEN not in unavailable:
             answers = self._register.lookup(
                 sender.organisation_number, [letter.recipient], bypass_cache=bypass_cache
             )
