@@ -1,5 +1,6 @@
 """What the benches that drive a running service share: start `kanalvaxel serve` on the sandbox defaults
-(as the end-to-end tests do, tests/e2e/conftest.py) and read a process's resident memory."""
+(as the end-to-end tests do, tests/e2e/conftest.py), wait until every letter is final, and read the
+resident memory and CPU time of a process tree and the busy time of the machine."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 
-from tests.e2e.conftest import free_port, process_env, start, wait_ready
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.e2e.conftest import free_port, process_env, start, wait_ready  # noqa: E402
 
 
 def wait_until_final(

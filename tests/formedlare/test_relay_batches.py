@@ -402,6 +402,28 @@ def _in_flight(relay: Relay, count: int) -> list[tuple[Any, Any, int]]:
     return relay._take_slots([(c, t) for c, t in routed if t is not None], relay._clock)
 
 
+def _record_while_another_records(
+    relay: Relay,
+    slots: list[tuple[Any, Any, int]],
+    record: Callable[[tuple[Any, Any, int]], None],
+    while_held: Callable[[], None] = lambda: None,
+) -> None:
+    """`record(slot)` for each slot, each in a thread, while another outcome is being recorded (the
+    recorder's turn held here) until all have queued; `while_held()` then runs, and the turn is let go."""
+    with relay._recording:
+        threads = [threading.Thread(target=record, args=(slot,)) for slot in slots]
+        for thread in threads:
+            thread.start()
+        _wait(lambda: len(relay._outcomes) == len(slots), 10)
+        while_held()
+    for thread in threads:
+        thread.join(10)
+
+
+def _none_returned(returned: list[str]) -> None:
+    assert returned == []  # none returns before its outcome is committed
+
+
 def test_outcomes_that_end_while_another_is_recorded_are_recorded_together(
     make_relay: RelayFactory, sqlite_url: str, sender: SigningIdentity
 ) -> None:
@@ -417,14 +439,7 @@ def test_outcomes_that_end_while_another_is_recorded_are_recorded_together(
         returned.append(claim.id)
 
     with _transactions_counted(_engine(relay)) as begun:
-        with relay._recording:  # another outcome is being recorded: these four wait for the next turn
-            threads = [threading.Thread(target=record, args=(slot,)) for slot in slots]
-            for thread in threads:
-                thread.start()
-            _wait(lambda: len(relay._outcomes) == 4, 10)
-            assert returned == []  # none returns before its outcome is committed
-        for thread in threads:
-            thread.join(10)
+        _record_while_another_records(relay, slots, record, lambda: _none_returned(returned))
     assert begun == [1]
     assert sorted(returned) == sorted(ids)
     for distribution_id in ids:
@@ -462,13 +477,7 @@ def test_an_outcome_that_cannot_be_written_fails_alone_and_the_rest_of_its_group
     event.listen(_engine(relay), "before_cursor_execute", refuse)
     try:
         with _transactions_counted(_engine(relay)) as begun:
-            with relay._recording:
-                threads = [threading.Thread(target=record, args=(slot,)) for slot in slots]
-                for thread in threads:
-                    thread.start()
-                _wait(lambda: len(relay._outcomes) == 3, 10)
-            for thread in threads:
-                thread.join(10)
+            _record_while_another_records(relay, slots, record)
     finally:
         event.remove(_engine(relay), "before_cursor_execute", refuse)
     assert begun == [1]  # one transaction for the three

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from cryptography import x509
 from kanalvaxel.bootstrap import Container, build
 from kanalvaxel.entrypoints.worker import Worker
 from kanalvaxel.ports import ClientRecord
+from kanalvaxel.sandbox.far_simulator import FarSimulator
 from kanalvaxel.sandbox.world import SandboxWorld
 from tests.integration.conftest import make_letter, settings_for
 
@@ -335,19 +337,35 @@ def test_kanalvaxel_can_use_a_relay_that_runs_as_its_own_https_service(
         world.stop()
 
 
+@contextmanager
+def _workers_not_started(
+    db_url: str, tmp_path: Path, dev_certs: Path
+) -> Iterator[tuple[Container, FarSimulator, ClientRecord]]:
+    """A container with digital mail (its workers not started), its FaR simulator and an API client."""
+    c = build(mm_settings(db_url, tmp_path, dev_certs))
+    c.migrate()
+    try:
+        assert c.digital_mail is not None
+        assert c.digital_mail.world is not None
+        yield c, c.digital_mail.world.far, c.clients.add("ärendesystem", ["sandbox"]).client
+    finally:
+        c.close()
+
+
+def _is_reachable_calls(far: FarSimulator) -> list[int]:
+    """The recipients asked in each isReachable call the simulator has had since its stats were reset."""
+    return [
+        n for op, n in zip(far.stats.operations, far.stats.ids_per_call, strict=True) if op == "isReachable"
+    ]
+
+
 def test_letters_waiting_at_once_are_looked_up_in_far_together_not_one_call_each(
     db_url: str, tmp_path: Path, dev_certs: Path
 ) -> None:
     from tests.domain.factories import luhn_digit
 
     # Workers not started: 60 letters wait at once, as after a volume intake.
-    c = build(mm_settings(db_url, tmp_path, dev_certs))
-    c.migrate()
-    try:
-        assert c.digital_mail is not None
-        assert c.digital_mail.world is not None
-        far = c.digital_mail.world.far
-        client = c.clients.add("ärendesystem", ["sandbox"]).client
+    with _workers_not_started(db_url, tmp_path, dev_certs) as (c, far, client):
         unknown = [f"1980{m:02d}{d:02d}" for m in range(1, 4) for d in range(1, 19)][:54]
         recipients = [KIVRA_RECIPIENT, MMP_RECIPIENT, OPTED_OUT_RECIPIENT] * 2 + [
             f"19{nine[2:]}{luhn_digit(nine[2:])}" for nine in (f"{u}238" for u in unknown)
@@ -358,11 +376,7 @@ def test_letters_waiting_at_once_are_looked_up_in_far_together_not_one_call_each
         w = Worker(c)
         while w.run_once():
             pass
-        reachable = [
-            n
-            for op, n in zip(far.stats.operations, far.stats.ids_per_call, strict=True)
-            if op == "isReachable"
-        ]
+        reachable = _is_reachable_calls(far)
         assert reachable == [57]  # every distinct recipient in one call, none asked again
         for sid in ids:
             shp = wait_state(c, sid, {"HANDED_OVER", "DELIVERED", "FAILED"})
@@ -374,8 +388,6 @@ def test_letters_waiting_at_once_are_looked_up_in_far_together_not_one_call_each
         assert unknown_one is not None
         assert kivra.channel == "mina_meddelanden"
         assert unknown_one.channel == "print"
-    finally:
-        c.close()
 
 
 def test_the_letters_of_a_worker_batch_are_looked_up_in_far_together(
@@ -385,27 +397,15 @@ def test_the_letters_of_a_worker_batch_are_looked_up_in_far_together(
     still asks FaR once per sender for the letters of the batch it claimed, not once per letter."""
     from tests.domain.factories import luhn_digit
 
-    c = build(mm_settings(db_url, tmp_path, dev_certs))
-    c.migrate()
-    try:
-        assert c.digital_mail is not None
-        assert c.digital_mail.world is not None
-        far = c.digital_mail.world.far
-        client = c.clients.add("ärendesystem", ["sandbox"]).client
+    with _workers_not_started(db_url, tmp_path, dev_certs) as (c, far, client):
         unknown = [f"19{nine}{luhn_digit(nine)}" for nine in (f"8003{d:02d}238" for d in range(1, 5))]
         recipients = [KIVRA_RECIPIENT, MMP_RECIPIENT, *unknown]
         ids = [submit(c, client, rid, f"b{i}") for i, rid in enumerate(recipients)]
         far.reset_stats()
         w = Worker(replace(c, prefetch=None))  # as if the letters came after the last prefetch
         assert w.run_once()
-        reachable = [
-            n
-            for op, n in zip(far.stats.operations, far.stats.ids_per_call, strict=True)
-            if op == "isReachable"
-        ]
+        reachable = _is_reachable_calls(far)
         assert reachable == [6]  # the batch's six recipients in one call
         for sid in ids:
             shp = wait_state(c, sid, {"HANDED_OVER", "DELIVERED", "FAILED", "SENDING", "DECIDED"})
             assert shp.decision is not None
-    finally:
-        c.close()

@@ -147,12 +147,13 @@ class Dispatcher:
             )
         # Whatever needs the network before a decision (FaR, certificate lookups) happens here, outside any
         # transaction; FaR is asked once per sender for every letter of the batch that awaits a decision.
-        mailboxes = self._mailboxes(shipments, contents)
+        letters = self._letters(contents)
+        mailboxes = self._mailboxes(shipments, letters)
         prepares: list[tuple[Claim, _Prepare]] = []
         for c in claims:
             try:
                 shp, content = shipments.get(c.shipment_id), contents.get(c.shipment_id)
-                prepares.append((c, self._plan(c, shp, content, mailboxes)))
+                prepares.append((c, self._plan(c, shp, content, letters.get(c.shipment_id), mailboxes)))
             except Exception:  # a bug in deciding one letter: it comes back when its lease runs out
                 log.exception("work item %s could not be planned; it will be tried again", c.work_item_id)
         acts: list[tuple[Claim, _Act]] = []
@@ -246,25 +247,33 @@ class Dispatcher:
             log.warning("failpoint %s: pausing %.1f s", name, pause)
             time.sleep(pause)
 
-    def _mailboxes(
-        self,
-        shipments: Mapping[str, ShipmentRecord],
+    @staticmethod
+    def _letters(
         contents: Mapping[str, tuple[Mapping[str, object], Sequence[Attachment]]],
+    ) -> dict[str, Letter]:
+        """The batch's letters, each read once. One that cannot be read is left out: `_plan` reads it
+        again, and its error is logged there."""
+        letters: dict[str, Letter] = {}
+        for shipment_id, (letter_json, attachments) in contents.items():
+            try:
+                letters[shipment_id] = letter_from_json(letter_json, attachments)
+            except Exception:
+                log.debug("shipment %s cannot be read; it is planned alone", shipment_id)
+        return letters
+
+    def _mailboxes(
+        self, shipments: Mapping[str, ShipmentRecord], letters: Mapping[str, Letter]
     ) -> Mapping[tuple[str, str], MailboxLookup]:
         """FaR's answers for the letters of a batch that await a decision, asked together (when more than one
-        does: one letter is asked about by its own decision). A letter that cannot be read is left out."""
+        does: one letter is asked about by its own decision)."""
         awaiting: list[tuple[Letter, SenderInfo]] = []
-        for shipment_id, shp in shipments.items():
-            content, sender = contents.get(shipment_id), self._senders.get(shp.sender_key)
-            if content is None or sender is None or ShipmentState(shp.state).terminal:
+        for shipment_id, letter in letters.items():
+            shp = shipments[shipment_id]
+            sender = self._senders.get(shp.sender_key)
+            if sender is None or ShipmentState(shp.state).terminal:
                 continue
-            if shp.state != ShipmentState.HANDED_OVER.value and (
-                shp.decision is None or shp.decision.get("retry_at")
-            ):
-                try:
-                    awaiting.append((letter_from_json(content[0], content[1]), sender))
-                except Exception:  # _plan meets it again and says so
-                    log.debug("shipment %s cannot be read; it is decided alone", shipment_id)
+            if shp.decision is None or shp.decision.get("retry_at"):
+                awaiting.append((letter, sender))
         return self._facts.mailboxes(awaiting) if len(awaiting) > 1 else {}
 
     def _plan(
@@ -272,6 +281,7 @@ class Dispatcher:
         claim: Claim,
         shp: ShipmentRecord | None,
         content: tuple[Mapping[str, object], Sequence[Attachment]] | None,
+        letter: Letter | None = None,
         mailboxes: Mapping[tuple[str, str], MailboxLookup] | None = None,
     ) -> _Prepare:
         """What this item needs: the writes before its send (run in the batch's first transaction), which
@@ -301,7 +311,8 @@ class Dispatcher:
         if handed_over:
             return lambda uow: self._renewed(uow, claim, lambda: self._follow_up(claim, shp))
         assert content is not None
-        letter = letter_from_json(content[0], content[1])
+        if letter is None:
+            letter = letter_from_json(content[0], content[1])
         if notify:
             return lambda uow: self._renewed(uow, claim, lambda: self._notify(claim, shp, letter, sender))
         if shp.decision is None or shp.decision.get("retry_at"):

@@ -31,9 +31,11 @@ class FactsGatherer:
         #: Channels one sender identity cannot use (e.g. no S/MIME key to sign with), by sender key.
         self._sender_unavailable = {k: dict(v) for k, v in (sender_unavailable or {}).items()}
 
+    def _unavailable_for(self, sender: SenderInfo) -> dict[Channel | Notice, str]:
+        return {**self._unavailable, **self._sender_unavailable.get(sender.key, {})}
+
     def _asks_far(self, sender: SenderInfo) -> bool:
-        unavailable = {**self._unavailable, **self._sender_unavailable.get(sender.key, {})}
-        return self._register is not None and Channel.MINA_MEDDELANDEN not in unavailable
+        return self._register is not None and Channel.MINA_MEDDELANDEN not in self._unavailable_for(sender)
 
     def mailboxes(self, letters: Sequence[tuple[Letter, SenderInfo]]) -> dict[tuple[str, str], MailboxLookup]:
         """FaR's answers for many letters at once, one lookup per sender (FaR takes 1,000 recipients a call;
@@ -61,16 +63,17 @@ class FactsGatherer:
     ) -> RecipientFacts:
         """Ask FaR (if configured; unless `mailboxes`, from :meth:`mailboxes`, has the answer) and read the
         recipient's certificate (given, or from the configured directory by e-mail address). Network I/O."""
-        unavailable = {**self._unavailable, **self._sender_unavailable.get(sender.key, {})}
+        unavailable = self._unavailable_for(sender)
         lookup = MailboxLookup.not_configured()
-        known = (mailboxes or {}).get((sender.key, letter.recipient.value))
-        if known is not None and not bypass_cache and self._asks_far(sender):
-            lookup = known
-        elif self._register is not None and Channel.MINA_MEDDELANDEN not in unavailable:
-            answers = self._register.lookup(
-                sender.organisation_number, [letter.recipient], bypass_cache=bypass_cache
-            )
-            lookup = answers.get(letter.recipient.value) or MailboxLookup.not_configured()
+        if self._register is not None and Channel.MINA_MEDDELANDEN not in unavailable:
+            known = None if bypass_cache else (mailboxes or {}).get((sender.key, letter.recipient.value))
+            if known is not None:
+                lookup = known
+            else:
+                answers = self._register.lookup(
+                    sender.organisation_number, [letter.recipient], bypass_cache=bypass_cache
+                )
+                lookup = answers.get(letter.recipient.value) or MailboxLookup.not_configured()
         cert = None
         info = letter.recipient_info
         pem = info.smime_certificate_pem
